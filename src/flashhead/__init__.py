@@ -1,0 +1,14 @@
+"""flashhead: replace a language model's dense output head with two-stage cluster retrieval.
+
+Core (torch only): `balanced_kmeans`, `ClusterIndex`, `FlashHead`, `FlashHeadConfig`.
+Integrations and tools are imported lazily from their modules (`flashhead.integrations.hf`,
+`flashhead.build`, ...) so that `import flashhead` stays light and touches no GPU.
+"""
+__version__ = "0.1.0"
+
+from .config import FlashHeadConfig, FlashHeadError
+from .clustering import balanced_kmeans
+from .index import ClusterIndex
+from .head import FlashHead
+
+__all__ = ["FlashHead", "FlashHeadConfig", "FlashHeadError", "ClusterIndex", "balanced_kmeans", "__version__"]

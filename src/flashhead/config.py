@@ -1,0 +1,54 @@
+"""FlashHeadConfig: the one object describing how a head is clustered and probed.
+
+Saved as `flash_head_assets/flashhead.json` next to the clustering tensors; validated on
+construction so a bad value fails at the call that made it, with a one-line message.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+FORMAT_VERSION = 1
+QUANTIZATIONS = ("none", "int8", "int4")
+
+
+class FlashHeadError(ValueError):
+    """A user-facing error: bad assets, bad flags, mismatched model. One line, no traceback needed."""
+
+
+@dataclasses.dataclass
+class FlashHeadConfig:
+    # 16 tokens per cluster: the paper's choice; one cluster is 16 rows = one contiguous block
+    # of 16*d values, long enough for full-bandwidth reads on CPU and GPU.
+    cluster_size: int = 16
+    # Clusters probed per decode step (stage 2 scores probes*cluster_size exact logits).
+    probes: int = 256
+    # Stage-1 (centroid) storage: "none" keeps the head's dtype, int8/int4 use per-row scales.
+    quantization: str = "none"
+    # Balanced k-means build parameters.
+    iterations: int = 8
+    seed: int = 0
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        if not isinstance(self.cluster_size, int) or self.cluster_size < 1:
+            raise FlashHeadError(f"cluster_size must be a positive integer, got {self.cluster_size!r}")
+        if not isinstance(self.probes, int) or self.probes < 1:
+            raise FlashHeadError(f"probes must be a positive integer, got {self.probes!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise FlashHeadError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if not isinstance(self.iterations, int) or self.iterations < 0:
+            raise FlashHeadError(f"iterations must be a non-negative integer, got {self.iterations!r}")
+        if self.version != FORMAT_VERSION:
+            raise FlashHeadError(f"flashhead.json format version {self.version} is not supported "
+                                 f"(this library reads version {FORMAT_VERSION})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FlashHeadConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise FlashHeadError(f"unknown FlashHead config keys: {', '.join(unknown)}")
+        return cls(**data)
