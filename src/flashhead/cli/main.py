@@ -1,0 +1,57 @@
+"""Entry point of the `flashhead` console script.
+
+Each subcommand lives in `flashhead/cli/<name>.py` and defines:
+    HELP: str                        one-line description
+    add_arguments(parser) -> None    its flags (with an epilog showing a real session)
+    run(args) -> int | None          the work; raise FlashHeadError for user errors
+User errors (FlashHeadError, missing files) print one line `flashhead: error: ...` and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ["build", "generate", "demo", "eval", "bench"]
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="flashhead", description="FlashHead: a fast retrieval output head for small language models.")
+    from .. import __version__
+    parser.add_argument("--version", action="version", version=f"flashhead {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {}
+    for name in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(f"flashhead.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"flashhead.cli.{name}":
+                continue
+            raise
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
+                           epilog=getattr(mod, "EPILOG", None),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        modules[name] = (mod, p)
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..config import FlashHeadError
+
+    parser, modules = _parser()
+    args = parser.parse_args(argv)
+    mod, sub_parser = modules[args.command]
+    try:
+        code = mod.run(args)
+    except (FlashHeadError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"flashhead {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flashhead: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
