@@ -1,0 +1,97 @@
+"""transformers integration: swap a causal LM's `lm_head` for FlashHead.
+
+    model, tok = flashhead.integrations.hf.load("models/gemma-3-270m-flashhead")
+    model.generate(**tok("The capital of France is", return_tensors="pt"), max_new_tokens=20)
+
+or, on a model you loaded yourself:
+
+    flashhead.integrations.hf.apply(model, ClusterIndex.load(dir / "flash_head_assets"))
+
+The new `lm_head` keeps the model's own weight Parameter (tied or not: no copy) and returns
+full-vocabulary logits, so greedy, temperature, top-k, top-p, seeds and logits processors of
+`generate()` work unchanged. Tested on the Llama and Gemma3 families.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..build import CACHE_KEY, read_config
+from ..config import FlashHeadError
+from ..head import FlashHead
+from ..index import ClusterIndex
+
+
+class FlashHeadLMHead(torch.nn.Module):
+    """Drop-in for `nn.Linear(d, V, bias=False)`; `use_flashhead=False` runs the dense product."""
+
+    def __init__(self, linear: torch.nn.Linear, index: ClusterIndex, probes: int | None = None):
+        super().__init__()
+        if getattr(linear, "bias", None) is not None:
+            raise FlashHeadError("FlashHead does not support an output head with a bias")
+        self.weight = linear.weight  # the same Parameter: state_dict keys and tying are unchanged
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.flashhead = FlashHead(self.weight.detach(), index, probes)  # detach(): shares storage
+        self.use_flashhead = True
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.use_flashhead:
+            return torch.nn.functional.linear(hidden, self.weight)
+        # A clear error for broken hidden states. Checked on CPU only: on CUDA the check would
+        # be a host sync per step; there NaN propagates into NaN logits instead.
+        if hidden.device.type == "cpu" and not torch.isfinite(hidden).all():
+            raise FlashHeadError("hidden states contain NaN or infinite values")
+        return self.flashhead(hidden)
+
+    def extra_repr(self) -> str:
+        return f"use_flashhead={self.use_flashhead}"
+
+
+def head_weight(model) -> torch.Tensor:
+    head = model.get_output_embeddings()
+    if head is None:
+        raise FlashHeadError(f"{type(model).__name__} has no output head")
+    return head.weight
+
+
+def apply(model, index: ClusterIndex, probes: int | None = None) -> FlashHeadLMHead:
+    """Replace the model's output head by FlashHead (in place); returns the new head."""
+    head = model.get_output_embeddings()
+    if isinstance(head, FlashHeadLMHead):
+        raise FlashHeadError("this model already has a FlashHead")
+    if not isinstance(head, torch.nn.Linear):
+        raise FlashHeadError(f"{type(model).__name__}: output head is {type(head).__name__}, expected nn.Linear")
+    new = FlashHeadLMHead(head, index, probes)
+    model.set_output_embeddings(new)
+    return new
+
+
+def is_flashhead_dir(model_dir) -> bool:
+    return CACHE_KEY in read_config(Path(model_dir))
+
+
+def load(model_dir, dense: bool = False, probes: int | None = None, dtype=torch.float32,
+         device: str | None = None):
+    """Load a FlashHead model directory in transformers -> (model, tokenizer).
+
+    `dense=True` loads the same model with its dense head (an explicit choice, for comparison).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    if CACHE_KEY not in config and not dense:
+        raise FlashHeadError(f"{model_dir} is not a FlashHead model directory (no {CACHE_KEY} in "
+                             f"config.json); build one with `flashhead build`")
+    index = None
+    if not dense:
+        index = ClusterIndex.load(model_dir / config[CACHE_KEY])  # fail fast, before the model load
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    if device:
+        model.to(device)
+    model.eval()
+    if index is not None:
+        apply(model, index, probes)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return model, tokenizer
