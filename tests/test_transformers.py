@@ -1,0 +1,65 @@
+"""FlashHead inside transformers on the real SmolLM2-135M (tied head, Llama family)."""
+import pytest
+import torch
+
+from flashhead import FlashHeadError
+from flashhead.generation import generate
+from flashhead.integrations import hf
+
+PROMPTS = ["The capital of France is", "In the beginning there was"]
+
+
+@pytest.fixture(scope="module")
+def loaded(smollm2_flashhead_dir):
+    return hf.load(smollm2_flashhead_dir)
+
+
+def _run(model, tok, **kw):
+    return generate(model, tok, PROMPTS, max_new_tokens=kw.pop("max_new_tokens", 16), **kw)["token_ids"]
+
+
+def test_head_is_swapped_and_holds_one_copy(loaded):
+    model, _ = loaded
+    head = model.lm_head
+    assert isinstance(head, hf.FlashHeadLMHead)
+    emb = model.get_input_embeddings().weight
+    # tied: the head, the embedding and FlashHead's stage-2 rows share one storage
+    assert head.weight is emb and head.flashhead.weight.data_ptr() == emb.data_ptr()
+
+
+def test_all_probes_greedy_equals_dense(loaded):
+    model, tok = loaded
+    head = model.lm_head
+    head.use_flashhead = False
+    dense = _run(model, tok)
+    head.use_flashhead = True
+    default = head.flashhead.probes
+    head.flashhead.probes = head.flashhead.num_clusters
+    try:
+        assert _run(model, tok) == dense      # batch of 2 with left padding, 16 greedy tokens
+    finally:
+        head.flashhead.probes = default
+
+
+def test_sampling_reproducible_by_seed(loaded):
+    model, tok = loaded
+    a = _run(model, tok, temperature=0.9, top_p=0.95, seed=1)
+    b = _run(model, tok, temperature=0.9, top_p=0.95, seed=1)
+    c = _run(model, tok, temperature=0.9, top_p=0.95, seed=2)
+    assert a == b and a != c
+
+
+def test_top_k_one_sampling_equals_greedy(loaded):
+    model, tok = loaded
+    assert _run(model, tok, temperature=0.7, top_k=1, seed=5) == _run(model, tok)
+
+
+def test_nan_hidden_states_are_a_clear_error(loaded):
+    model, _ = loaded
+    with pytest.raises(FlashHeadError, match="NaN"):
+        model.lm_head(torch.full((1, 1, model.config.hidden_size), float("nan")))
+
+
+def test_dense_flag_loads_plain_head(smollm2_flashhead_dir):
+    model, _ = hf.load(smollm2_flashhead_dir, dense=True)
+    assert isinstance(model.lm_head, torch.nn.Linear)
