@@ -39,7 +39,7 @@ class FlashHead(torch.nn.Module):
         self.vocab, self.hidden = weight.shape
         self.cluster_size = index.config.cluster_size
         self.num_clusters = index.num_clusters
-        self.probes = probes or index.config.probes
+        self.probes = index.config.probes if probes is None else probes
         ids, mask = index.blocks()
         # A short last cluster (V % cs != 0) repeats its first token in the empty slots: the
         # repeat gets the same exact logit, so neither argmax nor the scatter changes.
