@@ -8,16 +8,20 @@ import torch
 from .config import FlashHeadError
 
 
+def check_arguments(prompts, max_new_tokens, temperature, top_p, top_k) -> None:
+    if not prompts:
+        raise FlashHeadError("give at least one prompt")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
+        raise FlashHeadError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1")
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 40, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, seed: int | None = None, chat: bool = False) -> dict:
     """Generate for a batch of prompts (left-padded). temperature 0 = greedy.
 
     Returns {"texts": [...], "new_tokens": [...], "seconds": float, "tokens_per_second": float}.
     """
-    if not prompts:
-        raise FlashHeadError("give at least one prompt")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
-        raise FlashHeadError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1")
+    check_arguments(prompts, max_new_tokens, temperature, top_p, top_k)
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise FlashHeadError("this tokenizer has no chat template; drop --chat")

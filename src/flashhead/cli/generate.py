@@ -28,9 +28,10 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..generation import generate
+    from ..generation import check_arguments, generate
     from ..integrations import hf
 
+    check_arguments(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.top_k)
     model, tok = hf.load(args.model_dir, dense=args.dense, probes=args.probes)
     res = generate(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_p,
                    args.top_k, args.seed, args.chat)

@@ -36,11 +36,22 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, modules
 
 
+def _quiet_frameworks() -> None:
+    """Our own progress bars stay; transformers' per-load bars and warnings only add noise."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..config import FlashHeadError
 
     parser, modules = _parser()
     args = parser.parse_args(argv)
+    _quiet_frameworks()
     mod, sub_parser = modules[args.command]
     try:
         code = mod.run(args)

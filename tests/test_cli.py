@@ -1,0 +1,37 @@
+"""The `flashhead` command on the real SmolLM2: JSON output for scripts, one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flashhead.cli.main import main
+
+
+def test_generate_json(smollm2_flashhead_dir, capsys):
+    assert main(["generate", str(smollm2_flashhead_dir), "--prompt", "The capital of France is",
+                 "--prompt", "Hello", "--max-new-tokens", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["head"] == "flashhead" and len(out["texts"]) == 2 and all(n <= 4 for n in out["new_tokens"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "{dir}", "--prompt", "x", "--temperature", "-1"], "temperature >= 0"),
+    (["generate", "{dir}", "--prompt", "x", "--probes", "0"], "probes must be an integer"),
+    (["generate", "{hf}", "--prompt", "x"], "not a FlashHead model directory"),
+    (["build", "no-such-model", "-o", "{tmp}/out"], "unknown model 'no-such-model'"),
+    (["build", "{hf}", "-o", "{tmp}/out", "--probes", "100000"], "exceeds the number of clusters"),
+    (["build", "{hf}", "-o", "{hf}"], "must differ"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, smollm2_flashhead_dir, smollm2_hf_dir, tmp_path, capsys):
+    argv = [a.format(dir=smollm2_flashhead_dir, hf=smollm2_hf_dir, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith(f"flashhead {argv[0]}: error:")
+
+
+def test_console_script_runs():
+    r = subprocess.run([sys.executable, "-m", "flashhead.cli.main", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for cmd in ("build", "generate", "demo"):
+        assert cmd in r.stdout
