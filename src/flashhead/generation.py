@@ -43,6 +43,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 40, tem
         out = model.generate(**enc, **kwargs)
     seconds = time.perf_counter() - t0
     new = out[:, enc["input_ids"].shape[1]:]
-    counts = [int(n) for n in (new != tokenizer.pad_token_id).sum(1)]
-    return {"texts": tokenizer.batch_decode(new, skip_special_tokens=True), "token_ids": new.tolist(),
+    ids = [[t for t in row if t != tokenizer.pad_token_id] for row in new.tolist()]  # drop padding
+    counts = [len(row) for row in ids]
+    return {"texts": tokenizer.batch_decode(new, skip_special_tokens=True), "token_ids": ids,
             "new_tokens": counts, "seconds": seconds, "tokens_per_second": sum(counts) / seconds}

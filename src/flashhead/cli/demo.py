@@ -60,7 +60,7 @@ def run(args):
         d, f = runs["dense"], runs["flashhead"]
         rows.append({"prompt": prompt, "dense": d["texts"][i], "flashhead": f["texts"][i],
                      "identical_prefix_tokens": _common_prefix(d["token_ids"][i], f["token_ids"][i]),
-                     "new_tokens": f["new_tokens"][i]})
+                     "new_tokens": max(d["new_tokens"][i], f["new_tokens"][i])})
     summary = {"model": args.model, "model_dir": str(out), "probes": model.lm_head.flashhead.probes,
                "clusters": model.lm_head.flashhead.num_clusters,
                "dense_tokens_per_second": runs["dense"]["tokens_per_second"],
