@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def write_hf_dir(gguf_path: Path, out: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf_path.name} to a Hugging Face directory (once) ...", flush=True)
+    print(f"converting {gguf_path.name} to a Hugging Face directory (once) ...", file=sys.stderr, flush=True)
     kw = dict(gguf_file=gguf_path.name)
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
     if _gguf_field(gguf_path, "tokenizer.ggml.add_bos_token"):

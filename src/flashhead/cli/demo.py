@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 HELP = "build (cached) the default model's FlashHead and compare it with the dense head"
 EPILOG = """examples:
@@ -46,7 +47,7 @@ def run(args):
     except FlashHeadError:
         cached = False
     if not cached:
-        print(f"building {out} (once) ...", flush=True)
+        print(f"building {out} (once) ...", file=sys.stderr, flush=True)
         build(args.model, out, progress=not args.json)
     model, tok = hf.load(out)
     prompts = args.prompt or PROMPTS
