@@ -35,3 +35,16 @@ def test_console_script_runs():
     assert r.returncode == 0
     for cmd in ("build", "generate", "demo"):
         assert cmd in r.stdout
+
+
+def test_build_json(smollm2_hf_dir, tmp_path, capsys):
+    """`flashhead build --json` prints exactly one JSON object and writes a loadable directory."""
+    from flashhead.index import ClusterIndex
+
+    out = tmp_path / "fh"
+    assert main(["build", str(smollm2_hf_dir), "-o", str(out), "--probes", "32", "--iterations", "1", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["build"]["clusters"] == 3072 and stats["build"]["imbalance"] == 0
+    assert ClusterIndex.load(out / "flash_head_assets").config.probes == 32
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["FlashHeadLlamaForCausalLM"] and config["flash_head_cache_dir"] == "flash_head_assets"
