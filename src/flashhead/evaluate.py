@@ -1,0 +1,184 @@
+"""`flashhead eval`: fidelity of FlashHead against the model's own dense head, on real text.
+
+    hidden states once:   real text -> the model's body -> H [N, d] (the lm_head input), next tokens [N]
+    per probe count P:    teacher-forced metrics on H (dense logits computed chunk by chunk),
+                          plus free-running greedy generations compared token by token.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from . import metrics
+from .config import FlashHeadError
+from .head import FlashHead
+
+
+def collect_hidden(model, tokenizer, texts: list[str], max_positions: int = 4096,
+                   max_length: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced hidden states H [N, d] (input of the head) and next tokens [N], N <= max_positions."""
+    body = model.base_model
+    hs, ts, n = [], [], 0
+    with torch.inference_mode():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"]
+            if ids.shape[1] < 2:
+                continue
+            h = body(input_ids=ids.to(model.device)).last_hidden_state[0, :-1]
+            hs.append(h.float().cpu())
+            ts.append(ids[0, 1:])
+            n += h.shape[0]
+            if n >= max_positions:
+                break
+    if not hs:
+        raise FlashHeadError("no text to evaluate on")
+    return torch.cat(hs)[:max_positions], torch.cat(ts)[:max_positions]
+
+
+def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targets: torch.Tensor,
+                    probes: list[int], chunk: int = 64) -> list[dict]:
+    """Teacher-forced metrics per probe count from precomputed hidden states H [N, d] and next
+    tokens [N] (collect_hidden): a sweep over probes reuses one forward pass of the model."""
+    sums = {p: dict.fromkeys(["agree", "contain1", "contain5", "tv1", "tv07", "nll"], 0.0) for p in probes}
+    dense_nll = 0.0
+    w = weight.float()
+    saved = head.probes
+    try:
+        for s in range(0, H.shape[0], chunk):
+            h, t = H[s:s + chunk], targets[s:s + chunk]
+            dense = h @ w.T                                               # [n, V]
+            dense_nll += float(metrics.nll(dense, t).sum())
+            for p in probes:
+                head.probes = p
+                _, tok, z = head.probe(h.to(weight.dtype))
+                greedy = tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1)
+                logits = head(h.to(weight.dtype))
+                acc = sums[p]
+                acc["agree"] += float(metrics.top1_agreement(greedy, dense).sum())
+                acc["contain1"] += float(metrics.containment(tok, dense, 1).sum())
+                acc["contain5"] += float(metrics.containment(tok, dense, 5).sum())
+                acc["tv1"] += float(metrics.tv_distance(logits, dense, 1.0).sum())
+                acc["tv07"] += float(metrics.tv_distance(logits, dense, 0.7).sum())
+                acc["nll"] += float(metrics.nll(logits, t).sum())
+    finally:
+        head.probes = saved
+    n = H.shape[0]
+    rows = []
+    for p in probes:
+        acc = sums[p]
+        rows.append({"probes": p, "top1_agreement": acc["agree"] / n, "containment": acc["contain1"] / n,
+                     "containment_top5": acc["contain5"] / n, "tv_distance": acc["tv1"] / n,
+                     "tv_distance_t0.7": acc["tv07"] / n, "ppl_dense": math.exp(dense_nll / n),
+                     "ppl_flashhead": math.exp(acc["nll"] / n),
+                     **metrics.cost(head.vocab, head.hidden, head.num_clusters, head.cluster_size, p,
+                                    head.config.quantization, weight.dtype)})
+    return rows
+
+
+def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], new_tokens: int) -> dict:
+    from .generation import generate
+
+    lm = model.lm_head
+    lm.use_flashhead = False
+    dense = generate(model, tokenizer, prompts, max_new_tokens=new_tokens)["token_ids"]
+    lm.use_flashhead = True
+    saved, out = lm.flashhead.probes, {}
+    try:
+        for p in probes:
+            lm.flashhead.probes = p
+            flash = generate(model, tokenizer, prompts, max_new_tokens=new_tokens)["token_ids"]
+            out[p] = sum(metrics.common_prefix(a, b) for a, b in zip(dense, flash)) / len(prompts)
+    finally:
+        lm.flashhead.probes = saved
+    return out
+
+
+def smallest_probes(head: FlashHead, H: torch.Tensor, weight: torch.Tensor, target: float) -> int:
+    """Smallest P whose top-1 agreement on H reaches `target` (agreement grows with P: nested sets)."""
+    dense_ids = (H @ weight.float().T).argmax(1)
+    saved = head.probes
+
+    def agreement(p):
+        head.probes = p
+        # chunks: stage 2 gathers n * P * cs rows, which must fit in memory for large P
+        n = max(1, 2 ** 22 // (p * head.cluster_size))
+        ids = torch.cat([head.greedy(H[s:s + n].to(weight.dtype)) for s in range(0, H.shape[0], n)])
+        return float((ids == dense_ids).float().mean())
+
+    lo, hi = 1, head.num_clusters
+    try:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if agreement(mid) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+    finally:
+        head.probes = saved
+    return lo
+
+
+def evaluate(model, tokenizer, texts: list[str], probes: list[int] | None = None, max_positions: int = 4096,
+             prompts: int = 8, new_tokens: int = 32, target_agreement: float | None = None) -> dict:
+    """Fidelity of the model's FlashHead vs its dense head. `model` has a FlashHeadLMHead (hf.load)."""
+    lm = model.lm_head
+    head = lm.flashhead
+    probes = sorted(set(probes or [head.probes]))
+    for p in probes:
+        if not 1 <= p <= head.num_clusters:
+            raise FlashHeadError(f"probes must lie in [1, {head.num_clusters}], got {p}")
+    H, targets = collect_hidden(model, tokenizer, texts, max_positions)
+    rows = evaluate_hidden(head, lm.weight.detach(), H, targets, probes)
+    if prompts > 0:
+        starts = [" ".join(t.split()[:8]) for t in texts[:prompts]]
+        match = _generation_match(model, tokenizer, starts, probes, new_tokens)
+        for r in rows:
+            r["generation_match"] = match[r["probes"]]
+            r["generation_tokens"] = new_tokens
+    out = {"model": getattr(model.config, "_name_or_path", ""), "vocab": head.vocab, "hidden": head.hidden,
+           "clusters": head.num_clusters, "cluster_size": head.cluster_size,
+           "quantization": head.config.quantization, "dtype": str(lm.weight.dtype).replace("torch.", ""),
+           "positions": int(H.shape[0]), "prompts": prompts, "results": rows}
+    if target_agreement is not None:
+        out["target_agreement"] = target_agreement
+        out["smallest_probes"] = smallest_probes(head, H, lm.weight.detach(), target_agreement)
+    return out
+
+
+def set_default_probes(model_dir, probes: int) -> None:
+    """Write `probes` as the default of a FlashHead model directory (flashhead.json)."""
+    from .build import CACHE_KEY, read_config
+    from .index import ClusterIndex
+
+    assets = Path(model_dir) / read_config(Path(model_dir))[CACHE_KEY]
+    index = ClusterIndex.load(assets)
+    index.config.probes = probes
+    index.save(model_dir)
+
+
+def plot(result: dict, path) -> None:
+    """PNG: top-1 agreement and TV distance against bytes_fraction, one point per probe count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["results"]
+    x = [r["bytes_fraction"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "top1_agreement", "greedy top-1 agreement"),
+                           (axes[1], "tv_distance", "TV distance to dense (T=1)")):
+        ax.plot(x, [r[key] for r in rows], "o-")
+        for xi, r in zip(x, rows):
+            ax.annotate(f"P={r['probes']}", (xi, r[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("bytes read per step / dense head")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    name = Path(str(result.get("model", ""))).name
+    fig.suptitle(f"{name}: {result['clusters']} clusters x {result['cluster_size']}, "
+                 f"{result['positions']} positions of held-out text")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
