@@ -1,0 +1,67 @@
+"""`flashhead bench`: dense head vs FlashHead, head-level and decode, side by side in one run."""
+from __future__ import annotations
+
+import json
+
+HELP = "time the dense head vs FlashHead (head step, decode tokens/s, build)"
+EPILOG = """examples:
+  flashhead bench models/smollm2-flashhead --batch 1,4,16,64 --json
+  flashhead bench models/gemma-3-270m-flashhead --plot bench.png
+  flashhead bench models/smollm2-flashhead --smoke     (tiny sizes: checks that it runs)
+"""
+
+
+def _ints(text: str) -> list[int]:
+    import argparse
+
+    try:
+        return [int(p) for p in text.split(",") if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(p):
+    p.add_argument("model_dir", help="a FlashHead model directory")
+    p.add_argument("--batch", type=_ints, default=[1, 4, 16, 64], help="batch sizes (default 1,4,16,64)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--probes", type=int, default=None, help="probe count (default: the model's)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per head measurement (default %(default)s)")
+    p.add_argument("--new-tokens", type=int, default=32, help="decode: new tokens per run (default %(default)s)")
+    p.add_argument("--decode-repeats", type=int, default=3, help="decode: runs per side (default %(default)s)")
+    p.add_argument("--no-decode", action="store_true", help="skip the decode benchmark")
+    p.add_argument("--no-build", action="store_true", help="skip the clustering-time benchmark")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, to check it runs (numbers meaningless)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", default=None, help="write a PNG of head time vs batch")
+
+
+def run(args):
+    from ..bench import bench, plot
+
+    if args.smoke:
+        args.batch, args.repeats, args.new_tokens, args.decode_repeats = [1, 2], 2, 2, 1
+        args.no_build = True
+    result = bench(args.model_dir, args.batch, args.device, args.dtype, args.probes, args.new_tokens,
+                   args.repeats, args.decode_repeats, build=not args.no_build, decode=not args.no_decode)
+    if args.plot:
+        plot(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+        return
+    m = result["machine"]
+    print(f"{result['model']}: head {result['vocab']}x{result['hidden']} {result['dtype']} on {result['device']}, "
+          f"{result['clusters']} clusters x {result['cluster_size']}, probes {result['probes']}")
+    print(f"machine: {m.get('cpu', '')}, {m['threads']} threads, torch {m['torch']}, "
+          f"copy bandwidth {m['copy_bandwidth_gb_s']} GB/s")
+    cols = ["batch", "dense_us", "flashhead_us", "speedup", "greedy_speedup", "dense_gb_s", "flashhead_gb_s",
+            "dense_floor_us", "flashhead_floor_us"]
+    print("  ".join(f"{c:>18}" for c in cols))
+    for r in result["head"]:
+        print("  ".join(f"{r[c]:>18.4g}" for c in cols))
+    if "decode" in result:
+        d = result["decode"]
+        print(f"decode ({d['prompt_tokens']} prompt tokens, {d['new_tokens']} new, greedy): dense "
+              f"{d['dense_tok_s']:.1f} tok/s, FlashHead {d['flashhead_tok_s']:.1f} tok/s, x{d['speedup']:.2f}")
+    if "build" in result:
+        print(f"build: balanced k-means {result['build']['seconds']:.1f} s")
