@@ -147,6 +147,44 @@ def bench_build(weight: torch.Tensor, config) -> dict:
             "cluster_size": config.cluster_size}
 
 
+def bench_random(vocab: int, hidden: int, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "float32",
+                 probes: int | None = None, repeats: int = 20) -> dict:
+    """Head-level timing for a head of a given shape with random weights and random hidden states
+    (timing only: the cost of a step does not depend on the values). Clustered with the real build."""
+    from .clustering import balanced_kmeans
+    from .config import FlashHeadConfig
+    from .head import FlashHead
+    from .index import ClusterIndex, fingerprint
+
+    _check(batches, repeats, 1, device, dtype)
+    gen = torch.Generator().manual_seed(0)
+    weight = (torch.randn(vocab, hidden, generator=gen) / hidden ** 0.5).to(device=device, dtype=DTYPES[dtype])
+    config = FlashHeadConfig()
+    t0 = time.perf_counter()
+    c = balanced_kmeans(weight.float(), config.cluster_size, config.iterations, config.seed, device=device,
+                        progress=False)
+    _sync(device)
+    build_s = time.perf_counter() - t0
+    index = ClusterIndex(config, c.assignments.cpu(), c.centroids.cpu(), c.spread.cpu(), fingerprint(weight))
+    head = FlashHead(weight, index, probes)
+    H = torch.randn(max(batches), hidden, generator=gen).to(device=device, dtype=DTYPES[dtype])
+    bw = bandwidth(device)
+    return {"model": f"random {vocab}x{hidden}", "vocab": vocab, "hidden": hidden, "clusters": head.num_clusters,
+            "cluster_size": head.cluster_size, "probes": head.probes, "quantization": config.quantization,
+            "dtype": dtype, "device": device, "machine": machine(device, bw),
+            "head": bench_head(head, weight, H, list(batches), device, bw, repeats=repeats),
+            "build": {"seconds": build_s, "iterations": config.iterations, "cluster_size": config.cluster_size}}
+
+
+def _check(batches, repeats, new_tokens, device, dtype) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FlashHeadError("--device cuda: no CUDA device visible to torch")
+    if dtype not in DTYPES:
+        raise FlashHeadError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if not batches or min(batches) < 1 or repeats < 1 or new_tokens < 1:
+        raise FlashHeadError("need batch sizes >= 1, repeats >= 1, new tokens >= 1")
+
+
 PROMPT = "The old lighthouse keeper climbed the stairs every evening and"
 
 
@@ -156,12 +194,7 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
     """Head-level, decode and build benchmarks of a FlashHead model directory -> one dict."""
     from .integrations import hf
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FlashHeadError("--device cuda: no CUDA device visible to torch")
-    if dtype not in DTYPES:
-        raise FlashHeadError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    if not batches or min(batches) < 1 or repeats < 1 or new_tokens < 1:
-        raise FlashHeadError("need batch sizes >= 1, repeats >= 1, new tokens >= 1")
+    _check(batches, repeats, new_tokens, device, dtype)
     torch_dtype = DTYPES[dtype]
     model, tok = hf.load(model_dir, probes=probes, dtype=torch_dtype, device=device)
     lm = model.lm_head

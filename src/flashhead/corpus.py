@@ -1,8 +1,8 @@
 """Real text for evaluation and calibration, written by nobody on this project.
 
-Source: Debian's `fortunes` package (BSD fortune(6) data files: quotations, literature, science,
-wisdom, ...; BSD-licensed collection, see /usr/share/doc/fortunes/copyright), installed by
-`scripts/setup.sh` with `apt-get install fortunes`. Each file holds entries separated by `%` lines.
+Source: Debian's `fortunes` and `fortunes-min` packages (BSD fortune(6) data files: quotations,
+literature, science, wisdom, ...; BSD license, see /usr/share/doc/fortunes/copyright), installed
+with `apt-get install fortunes fortunes-min` (as root; CI does it). Each file holds entries separated by `%` lines.
 
 Entries are split deterministically by a hash of their text: `eval` (held out: used to measure
 fidelity, never to build or tune) and `calibration` (may be used to tune a build).
@@ -39,7 +39,7 @@ def load(split: str = "eval", directory: Path = FORTUNES_DIR) -> list[str]:
         raise FlashHeadError(f"split must be one of {SPLITS}, got {split!r}")
     if not directory.is_dir():
         raise FlashHeadError(f"no text corpus at {directory}: install Debian's fortunes package "
-                             f"(apt-get install fortunes) or pass your own files with --text")
+                             f"(apt-get install fortunes fortunes-min) or pass your own files with --text")
     texts = []
     for name in FILES:
         path = directory / name

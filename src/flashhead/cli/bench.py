@@ -8,6 +8,7 @@ EPILOG = """examples:
   flashhead bench models/smollm2-flashhead --batch 1,4,16,64 --json
   flashhead bench models/gemma-3-270m-flashhead --plot bench.png
   flashhead bench models/smollm2-flashhead --smoke     (tiny sizes: checks that it runs)
+  flashhead bench --random-head 128256x2048 --device cuda --dtype bfloat16   (Llama-3.2-1B-shaped head)
 """
 
 
@@ -21,7 +22,9 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(p):
-    p.add_argument("model_dir", help="a FlashHead model directory")
+    p.add_argument("model_dir", nargs="?", help="a FlashHead model directory")
+    p.add_argument("--random-head", default=None, metavar="VxD",
+                   help="instead of a model: head-level timing of a random V x D head (e.g. 128256x2048)")
     p.add_argument("--batch", type=_ints, default=[1, 4, 16, 64], help="batch sizes (default 1,4,16,64)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
@@ -37,13 +40,23 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..bench import bench, plot
+    from ..bench import bench, bench_random, plot
+    from ..config import FlashHeadError
 
     if args.smoke:
         args.batch, args.repeats, args.new_tokens, args.decode_repeats = [1, 2], 2, 2, 1
         args.no_build = True
-    result = bench(args.model_dir, args.batch, args.device, args.dtype, args.probes, args.new_tokens,
-                   args.repeats, args.decode_repeats, build=not args.no_build, decode=not args.no_decode)
+    if (args.model_dir is None) == (args.random_head is None):
+        raise FlashHeadError("give either a FlashHead model directory or --random-head VxD")
+    if args.random_head:
+        try:
+            v, d = (int(x) for x in args.random_head.lower().split("x"))
+        except ValueError:
+            raise FlashHeadError(f"--random-head expects VxD, e.g. 128256x2048, got {args.random_head!r}") from None
+        result = bench_random(v, d, args.batch, args.device, args.dtype, args.probes, args.repeats)
+    else:
+        result = bench(args.model_dir, args.batch, args.device, args.dtype, args.probes, args.new_tokens,
+                       args.repeats, args.decode_repeats, build=not args.no_build, decode=not args.no_decode)
     if args.plot:
         plot(result, args.plot)
     if args.json:
