@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
 from .config import FlashHeadError
 from .index import ClusterIndex
+from .kernels import Kernel, cpu, torch_ref, triton_path
 from .quant import Stage1
+
+_PATHS = {Kernel.TORCH: torch_ref, Kernel.CPU: cpu, Kernel.TRITON: triton_path}
+
+# The dense-head rule (off unless `dense_rule` is set; FlashHeadLMHead-style decode callers set
+# it): a step whose stage-2 rows N*P*cs exceed CROSSOVER[device] * V runs the dense head instead,
+# and `stats` counts it. Values from the measured batch crossover (docs/KERNELS.md).
+CROSSOVER = {"cuda": 0.5, "cpu": 1.0}
 
 
 class FlashHead(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, index: ClusterIndex, probes: int | None = None,
-                 check_fingerprint: bool = True):
+                 check_fingerprint: bool = True, kernel: Kernel | str = Kernel.AUTO):
         super().__init__()
         from .index import check_fingerprint as _check
 
@@ -46,7 +55,26 @@ class FlashHead(torch.nn.Module):
         ids = torch.where(mask, ids, ids[:, :1])
         self.register_buffer("block_ids", ids.to(weight.device), persistent=False)       # [K, cs]
         self.register_buffer("assignments", index.assignments.to(weight.device), persistent=False)
+        # int32 copies for the Triton kernels; within[v] = slot of token v inside its cluster
+        within = torch.zeros(self.vocab, dtype=torch.int32)
+        within[ids.flatten()] = torch.arange(self.cluster_size, dtype=torch.int32).repeat(ids.shape[0])
+        self.register_buffer("block_ids32", ids.int().to(weight.device), persistent=False)
+        self.register_buffer("assignments32", index.assignments.int().to(weight.device), persistent=False)
+        self.register_buffer("within32", within.to(weight.device), persistent=False)
+        self.kernel = kernel
+        self.dense_rule = False
+        self.stats = {"flashhead_steps": 0, "dense_steps": 0}
+        self._workspace = {}   # CPU kernel buffers, grown to the largest step
         self.stage1 = Stage1(index.centroids, index.config.quantization, weight.dtype, weight.device)
+
+    @property
+    def kernel(self) -> Kernel:
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, k: Kernel | str) -> None:
+        self._kernel = kernels.parse(k)
+        kernels.resolve(self._kernel, self.weight.device)  # an explicit choice fails here, clearly
 
     @property
     def probes(self) -> int:
@@ -65,14 +93,26 @@ class FlashHead(torch.nn.Module):
 
     # ---- the two stages ------------------------------------------------------------------------
 
+    def _path(self):
+        return _PATHS[kernels.resolve(self._kernel, self.weight.device)]
+
     def probe(self, h: torch.Tensor):
         """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs], exact logits [N, P*cs] fp32."""
-        scores = self.stage1(h)                                          # [N, K]
-        top = scores.topk(self.probes, dim=1, sorted=False).indices      # [N, P]
-        tok = self.block_ids[top].flatten(1)                             # [N, P*cs]
-        rows = self.weight.index_select(0, tok.flatten()).view(*tok.shape, self.hidden)
-        z = torch.bmm(rows, h.to(rows.dtype).unsqueeze(2)).squeeze(2).float()  # [N, P*cs]
-        return scores, tok, z
+        return self._path().probe(self, h)
+
+    def unprobed_estimate(self, scores: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+        """The logit of every unprobed token, per cluster: scores [N, K], best [N, 1] -> [N, K].
+
+        The cluster's mean logit (its stage-1 score), kept strictly below the best exact logit
+        so that argmax(logits) == greedy(h). All kernel paths fill the logits from this [N, K].
+        """
+        return torch.minimum(scores, torch.nextafter(best, torch.full_like(best, float("-inf"))))
+
+    def use_dense(self, n: int) -> bool:
+        """The documented crossover rule (only when `dense_rule` is on): dense when N*P*cs rows
+        exceed CROSSOVER[device] * V. Counted in `stats`."""
+        rows = n * self.probes * self.cluster_size
+        return self.dense_rule and rows > CROSSOVER.get(self.weight.device.type, 1.0) * self.vocab
 
     def _flat(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[-1] != self.hidden:
@@ -81,20 +121,21 @@ class FlashHead(torch.nn.Module):
 
     def greedy(self, h: torch.Tensor) -> torch.Tensor:
         """h [..., d] -> token ids [...]: argmax over the exactly scored tokens."""
-        lead = h.shape[:-1]
-        _, tok, z = self.probe(self._flat(h))
-        return tok.gather(1, z.argmax(1, keepdim=True)).view(lead)
+        lead, h = h.shape[:-1], self._flat(h)
+        if self.use_dense(h.shape[0]):
+            self.stats["dense_steps"] += 1
+            return torch.nn.functional.linear(h, self.weight).argmax(1).view(lead)
+        self.stats["flashhead_steps"] += 1
+        return self._path().greedy(self, h).view(lead)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [..., d] -> logits [..., V] fp32 over the whole vocabulary.
 
-        Probed tokens carry their exact logit; every other token its cluster's mean logit, kept
-        strictly below the best exact logit so that argmax(logits) == greedy(h).
+        Probed tokens carry their exact logit; every other token `unprobed_estimate`.
         """
-        lead = h.shape[:-1]
-        scores, tok, z = self.probe(self._flat(h))
-        best = z.max(dim=1, keepdim=True).values
-        est = torch.minimum(scores, torch.nextafter(best, torch.full_like(best, float("-inf"))))
-        logits = est.index_select(1, self.assignments)                   # [N, V]
-        logits.scatter_(1, tok, z)
-        return logits.view(*lead, self.vocab)
+        lead, h = h.shape[:-1], self._flat(h)
+        if self.use_dense(h.shape[0]):
+            self.stats["dense_steps"] += 1
+            return torch.nn.functional.linear(h, self.weight).float().view(*lead, self.vocab)
+        self.stats["flashhead_steps"] += 1
+        return self._path().logits(self, h).view(*lead, self.vocab)

@@ -59,7 +59,10 @@ class Stage1(torch.nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.bits is None:
-            return (h.to(self.centroids.dtype) @ self.centroids.T).float()
+            if self.centroids.dtype == torch.float32:
+                return h.float() @ self.centroids.T
+            # fp32 scores from bf16/fp16 operands: no output rounding, so no ties in the ranking
+            return h.to(self.centroids.dtype).float() @ self.centroids.float().T
         # Reference path: dequantize then multiply. Fast kernels replace this (kernels/).
         c = dequantize_rows(self.q, self.scale, self.bits)
         return h.float() @ c.T

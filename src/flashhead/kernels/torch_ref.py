@@ -1,0 +1,30 @@
+"""TORCH kernel: the reference step in plain torch ops (every other path is tested against it).
+
+Scores and exact logits are computed in fp32 from the stored operands (bf16 rows are upcast), so
+the probed set and the argmax do not depend on output rounding.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def probe(head, h: torch.Tensor):
+    """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs], exact logits z [N, P*cs] fp32."""
+    scores = head.stage1(h)                                              # [N, K]
+    top = scores.topk(head.probes, dim=1, sorted=False).indices          # [N, P]
+    tok = head.block_ids[top].flatten(1)                                 # [N, P*cs]
+    rows = head.weight.index_select(0, tok.flatten()).view(*tok.shape, head.hidden)
+    z = torch.bmm(rows.float(), h.float().unsqueeze(2)).squeeze(2)      # [N, P*cs]
+    return scores, tok, z
+
+
+def greedy(head, h: torch.Tensor) -> torch.Tensor:
+    _, tok, z = probe(head, h)
+    return tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1)           # [N]
+
+
+def logits(head, h: torch.Tensor) -> torch.Tensor:
+    scores, tok, z = probe(head, h)
+    est = head.unprobed_estimate(scores, z.amax(1, keepdim=True))        # [N, K]
+    out = est.index_select(1, head.assignments)                          # [N, V]
+    return out.scatter_(1, tok, z)

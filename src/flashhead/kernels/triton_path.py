@@ -1,0 +1,42 @@
+"""TRITON kernel: the step on CUDA through the fused kernels of triton_kernels.py (imported lazily)."""
+from __future__ import annotations
+
+import torch
+
+
+def _tk():
+    from . import triton_kernels
+    return triton_kernels
+
+
+def _stage1(head, h: torch.Tensor) -> torch.Tensor:
+    st = head.stage1
+    if st.bits is None:
+        return _tk().stage1(h, st.centroids, None)
+    if st.bits == 8:
+        return _tk().stage1(h, st.q, st.scale)
+    return st(h)  # int4: dequantizing reference (no fused int4 kernel yet)
+
+
+def _run(head, h: torch.Tensor):
+    tk = _tk()
+    scores = _stage1(head, h)                                          # [N, K] fp32
+    top, slot, best = tk.topk(scores, head.probes)                     # [N, P], [N, K], [N]
+    z = tk.stage2(h, head.weight, head.block_ids32, top, best)         # [N, P*cs]
+    return scores, top, slot, best, z
+
+
+def probe(head, h: torch.Tensor):
+    scores, top, _, _, z = _run(head, h)
+    return scores, head.block_ids[top].flatten(1), z
+
+
+def greedy(head, h: torch.Tensor) -> torch.Tensor:
+    best = _run(head, h)[3]
+    return best & 0xFFFFFFFF                                           # token id: low 32 bits
+
+
+def logits(head, h: torch.Tensor) -> torch.Tensor:
+    scores, _, slot, _, z = _run(head, h)
+    est = head.unprobed_estimate(scores, z.amax(1, keepdim=True))      # [N, K]
+    return _tk().logits(est, slot, z, head.assignments32, head.within32, head.cluster_size)

@@ -1,0 +1,90 @@
+"""Kernel paths vs the torch reference and the dense head. GPU tests skip without CUDA."""
+import pytest
+import torch
+
+from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, FlashHeadError
+from flashhead.index import fingerprint
+from flashhead.kernels import Kernel, resolve, triton_available
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available() or not triton_available(), reason="needs CUDA + Triton")
+
+
+def _head(v=3000 - 5, d=64, probes=7, quant="none", device="cpu", dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(v, d, generator=g)
+    k = -(-v // 16)
+    assign = torch.randperm(v, generator=g) // 16                       # random balanced clusters
+    cent = torch.zeros(k, d).index_add_(0, assign, w) / torch.bincount(assign, minlength=k)[:, None]
+    index = ClusterIndex(FlashHeadConfig(probes=probes, quantization=quant), assign, cent,
+                         torch.zeros(k), fingerprint(w))
+    w = w.to(device=device, dtype=dtype)
+    return w, FlashHead(w, index)
+
+
+def _compare(head, h, other):
+    head.kernel = Kernel.TORCH
+    s_r, tok_r, z_r = head.probe(h)
+    g_r, l_r = head.greedy(h), head(h)
+    head.kernel = other
+    s_o, tok_o, z_o = head.probe(h)
+    # same probed set, same exact logits (fp32 summation order only), same ids, same logits
+    assert torch.equal(tok_o.sort(1).values, tok_r.sort(1).values)
+    torch.testing.assert_close(z_o.gather(1, tok_o.argsort(1)), z_r.gather(1, tok_r.argsort(1)), rtol=1e-5, atol=1e-5)
+    assert torch.equal(head.greedy(h), g_r)
+    torch.testing.assert_close(head(h), l_r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("quant", ["none", "int8", "int4"])
+def test_cpu_kernel_equals_reference(quant):
+    w, head = _head(quant=quant)
+    for n in (1, 6):                      # a second, larger batch reuses and grows the workspace
+        _compare(head, torch.randn(n, 64), Kernel.CPU)
+
+
+def test_all_probed_cpu_kernel_equals_dense():
+    w, head = _head()
+    head.probes, head.kernel = head.num_clusters, Kernel.CPU
+    h = torch.randn(5, 64)
+    dense = h @ w.T
+    torch.testing.assert_close(head(h), dense, rtol=1e-5, atol=1e-4)
+    assert torch.equal(head.greedy(h), dense.argmax(1))
+
+
+def test_kernel_choice_is_checked():
+    w, head = _head()
+    assert resolve(Kernel.AUTO, torch.device("cpu")) is Kernel.CPU
+    with pytest.raises(FlashHeadError, match="unknown kernel"):
+        head.kernel = "cuda-magic"
+    if not torch.cuda.is_available():
+        with pytest.raises(FlashHeadError, match="CUDA"):
+            head.kernel = "triton"
+
+
+def test_dense_rule_is_counted():
+    w, head = _head(probes=7)
+    h = torch.randn(40, 64)                         # 40 * 7 * 16 rows > V: dense under the rule
+    head(h[:1])
+    assert head.stats == {"flashhead_steps": 1, "dense_steps": 0}
+    head.dense_rule = True
+    torch.testing.assert_close(head(h), h @ w.T)    # exact everywhere: the dense head
+    assert torch.equal(head.greedy(h[:1]), head.greedy(h[:1]))
+    assert head.stats == {"flashhead_steps": 3, "dense_steps": 1}
+
+
+@cuda
+@pytest.mark.parametrize("quant", ["none", "int8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_equals_reference(quant, dtype):
+    w, head = _head(quant=quant, device="cuda", dtype=dtype)
+    for n in (1, 5, 16):
+        _compare(head, torch.randn(n, 64, device="cuda", dtype=dtype), Kernel.TRITON)
+
+
+@cuda
+def test_all_probed_triton_equals_dense():
+    w, head = _head(device="cuda", dtype=torch.bfloat16)
+    head.probes, head.kernel = head.num_clusters, Kernel.TRITON
+    h = torch.randn(5, 64, device="cuda", dtype=torch.bfloat16)
+    dense = h.float() @ w.float().T
+    torch.testing.assert_close(head(h), dense, rtol=1e-5, atol=1e-4)
+    assert torch.equal(head.greedy(h), dense.argmax(1))
