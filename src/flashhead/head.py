@@ -25,8 +25,10 @@ _PATHS = {Kernel.TORCH: torch_ref, Kernel.CPU: cpu, Kernel.TRITON: triton_path}
 
 # The dense-head rule (off unless `dense_rule` is set; FlashHeadLMHead-style decode callers set
 # it): a step whose stage-2 rows N*P*cs exceed CROSSOVER[device] * V runs the dense head instead,
-# and `stats` counts it. Values from the measured batch crossover (docs/KERNELS.md).
-CROSSOVER = {"cuda": 0.5, "cpu": 1.0}
+# and `stats` counts it. Values from the measured crossover (docs/KERNELS.md): H100, Llama shape,
+# P=256: greedy crosses dense between 32 and 64 rows (1.0-2.0 V), logits near 24 rows (0.75 V);
+# CPU: a gathered row costs ~3.7x a streamed one (0.8 vs 0.22 µs), so ~0.27 V.
+CROSSOVER = {"cuda": 1.0, "cpu": 0.25}
 
 
 class FlashHead(torch.nn.Module):
