@@ -71,10 +71,16 @@ def _make_class(base):
             if tp > 1:
                 raise FlashHeadError(f"FlashHead in vLLM supports tensor_parallel_size=1 only, got {tp}")
             assets = os.path.join(self._model, cache_dir)
-            self._index = ClusterIndex.load(assets)   # FlashHeadError naming the bad file
-            # the weights are not loaded yet: check the fingerprint against the file, so that
-            # assets of another model stop the engine at start, not at the first request
-            check_fingerprint(self._index.fingerprint, read_head_weight(self._model), assets)
+            # vLLM builds the model under a bf16 default dtype; the asset checks expect fp32
+            prev = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float32)
+            try:
+                self._index = ClusterIndex.load(assets)   # FlashHeadError naming the bad file
+                # the weights are not loaded yet: check the fingerprint against the file, so that
+                # assets of another model stop the engine at start, not at the first request
+                check_fingerprint(self._index.fingerprint, read_head_weight(self._model), assets)
+            finally:
+                torch.set_default_dtype(prev)
             self._probes = getattr(hf, PROBES_KEY, None)
 
         def _build(self, lm_head, embedding_bias) -> FlashHead:

@@ -1,0 +1,28 @@
+"""Cheap plugin checks: entry point, idempotent register(), no vLLM import at package import."""
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+
+def test_import_does_not_import_vllm_or_cuda():
+    code = ("import sys, flashhead.integrations.vllm as p; "
+            "assert 'vllm' not in sys.modules, 'vllm imported'; "
+            "import torch; assert not torch.cuda.is_initialized(); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_entry_point_and_register_twice():
+    pytest.importorskip("vllm")
+    (ep,) = [e for e in entry_points(group="vllm.general_plugins") if e.name == "flashhead"]
+    register = ep.load()
+    register()
+    register()
+    from vllm import ModelRegistry
+    from vllm.model_executor.custom_op import op_registry_oot
+
+    for arch in ("FlashHeadLlamaForCausalLM", "FlashHeadQwen3ForCausalLM", "FlashHeadGemma3ForCausalLM"):
+        assert arch in ModelRegistry.get_supported_archs()
+    assert op_registry_oot["LogitsProcessor"].__name__ == "FlashHeadLogitsProcessor"
