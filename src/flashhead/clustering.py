@@ -100,16 +100,26 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _spherical_centroids(x, assign, k):
+def _centroids(x, assign, k, metric):
+    """[K, d'] centroids to score rows against by dot product.
+
+    cosine   : normalized sum of the (normalized) member rows.
+    euclidean: x carries a trailing column of ones; the centroid is the members' mean with its last
+               column set to -|c|^2 / 2, so x . c = x_.c_ - |c_|^2 / 2 ranks clusters by distance.
+    """
     sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, assign, x)
-    return _normalize(sums)
+    if metric == "cosine":
+        return _normalize(sums)
+    c = sums / sums[:, -1:].clamp_min(1)
+    c[:, -1] = -0.5 * (c[:, :-1] ** 2).sum(1)
+    return c
 
 
-def _flat_kmeans(x, capacity, iterations, gen, chunk=16384):
-    """Balanced spherical k-means scoring every row against every centroid (small K only)."""
+def _flat_kmeans(x, capacity, iterations, gen, metric, chunk=16384):
+    """Balanced k-means scoring every row against every centroid (small K only)."""
     k = capacity.numel()
     init = torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)
-    centroids = x[init]
+    centroids = _centroids(x[init], torch.arange(k, device=x.device), k, metric)
     c = min(k, _FLAT_CANDIDATES)
     assign = None
     for _ in range(max(iterations, 1)):
@@ -120,7 +130,7 @@ def _flat_kmeans(x, capacity, iterations, gen, chunk=16384):
             cand_scores.append(top.values)
         assign = balanced_assign(torch.cat(cand), torch.cat(cand_scores), capacity)
         assign = _assign_leftovers(x, centroids, assign, capacity)
-        centroids = _spherical_centroids(x, assign, k)
+        centroids = _centroids(x, assign, k, metric)
     return assign
 
 
@@ -135,19 +145,23 @@ def _members(assign, capacity, cluster_size):
     return members
 
 
-def _nearest_clusters(centroids, m, chunk=2048):
+def _nearest_clusters(centroids, m, metric, chunk=2048):
+    """[K, M] the M clusters nearest to each cluster (itself first)."""
+    queries = centroids
+    if metric == "euclidean":  # a centroid as a row: its mean with the trailing 1 (see _centroids)
+        queries = torch.cat([centroids[:, :-1], torch.ones_like(centroids[:, -1:])], dim=1)
     out = []
     for s in range(0, centroids.shape[0], chunk):
-        out.append((centroids[s:s + chunk] @ centroids.T).topk(m, dim=1).indices)
+        out.append((queries[s:s + chunk] @ centroids.T).topk(m, dim=1).indices)
     return torch.cat(out)
 
 
-def _refine(x, assign, capacity, cluster_size, chunk=1024):
+def _refine(x, assign, capacity, cluster_size, metric, chunk=1024):
     """One round: each row re-chooses among the M nearest clusters of its current cluster."""
     k = capacity.numel()
-    centroids = _spherical_centroids(x, assign, k)
+    centroids = _centroids(x, assign, k, metric)
     m = min(k, _NEIGHBOURS)
-    nbr = _nearest_clusters(centroids, m)                      # [K, M]
+    nbr = _nearest_clusters(centroids, m, metric)                    # [K, M]
     members = _members(assign, capacity, cluster_size)         # [K, cs]
     rows, cand, cand_scores = [], [], []
     for s in range(0, k, chunk):
@@ -167,22 +181,41 @@ def _refine(x, assign, capacity, cluster_size, chunk=1024):
     return _assign_leftovers(x, centroids, new, capacity)
 
 
-def objective(x_normalized: torch.Tensor, assign: torch.Tensor, k: int) -> float:
-    """Mean cosine similarity of each row to its cluster's (normalized) centroid. Higher is better."""
-    c = _spherical_centroids(x_normalized, assign, k)
-    return float((x_normalized * c[assign]).sum(1).mean())
+def objective(x: torch.Tensor, assign: torch.Tensor, k: int, metric: str = "cosine") -> float:
+    """Mean score of each row against its own centroid. Higher is better.
+
+    cosine: mean cosine similarity; euclidean: -(mean squared distance to the centroid) / 2.
+    """
+    c = _centroids(x, assign, k, metric)
+    score = (x * c[assign]).sum(1)
+    if metric == "euclidean":
+        score = score - 0.5 * (x[:, :-1] ** 2).sum(1)
+    return float(score.mean())
 
 
 def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: int = 8, seed: int = 0,
-                    device: str | torch.device | None = None, progress: bool = True) -> Clustering:
-    """Cluster the rows of `weight` [V, d] into ceil(V / cluster_size) clusters of equal size."""
+                    device: str | torch.device | None = None, progress: bool = True,
+                    metric: str = "cosine", transform: torch.Tensor | None = None) -> Clustering:
+    """Cluster the rows of `weight` [V, d] into ceil(V / cluster_size) clusters of equal size.
+
+    metric "cosine" clusters the normalized rows (spherical k-means). metric "euclidean" clusters
+    the rows mapped by `transform` [d, d'] (identity if None): with transform = Sigma^(1/2), where
+    Sigma = E[h h^T] over the model's hidden states, the k-means objective is the expected squared
+    error of the cluster-mean logit, E[(h . (w - mean))^2] (calibrate.query_transform).
+    """
     from tqdm.auto import tqdm
 
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     t0 = time.perf_counter()
     device = torch.device(device) if device is not None else weight.device
     w = weight.detach().to(device=device, dtype=torch.float32)
     v, d = w.shape
-    x = _normalize(w)
+    x = w @ transform.to(device=device, dtype=torch.float32) if transform is not None else w
+    if metric == "cosine":
+        x = _normalize(x)
+    else:
+        x = torch.cat([x, torch.ones(v, 1, device=device)], dim=1)   # [V, d'+1], see _centroids
     cap = capacities(v, cluster_size).to(device)
     k = cap.numel()
     gen = torch.Generator().manual_seed(seed)
@@ -196,7 +229,7 @@ def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: in
     group_cap = torch.stack([cap_cpu[f:f + n].sum() for f, n in zip(group_first.tolist(), per_group.tolist())])
 
     bar = tqdm(total=1 + g + iterations, desc="balanced k-means", unit="step", disable=not progress)
-    group = _flat_kmeans(x, group_cap.to(device), 6, gen)
+    group = _flat_kmeans(x, group_cap.to(device), 6, gen, metric)
     bar.update(1)
 
     # Level 2: split each group into its clusters.
@@ -204,14 +237,14 @@ def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: in
     for gi in range(g):
         rows = torch.nonzero(group == gi).squeeze(1)
         first, n = int(group_first[gi]), int(per_group[gi])
-        sub = _flat_kmeans(x[rows], cap[first:first + n], 6, gen)
+        sub = _flat_kmeans(x[rows], cap[first:first + n], 6, gen, metric)
         assign[rows] = sub + first
         bar.update(1)
 
-    history = [objective(x, assign, k)]
+    history = [objective(x, assign, k, metric)]
     for _ in range(iterations):
-        assign = _refine(x, assign, cap, cluster_size)
-        history.append(objective(x, assign, k))
+        assign = _refine(x, assign, cap, cluster_size, metric)
+        history.append(objective(x, assign, k, metric))
         bar.update(1)
         bar.set_postfix(objective=f"{history[-1]:.4f}")
     bar.close()
@@ -224,6 +257,6 @@ def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: in
         "vocab": v, "hidden": d, "clusters": k, "cluster_size": cluster_size,
         "objective": history[-1], "objective_history": history,
         "imbalance": int((counts - cap).abs().max()),
-        "seconds": round(time.perf_counter() - t0, 2), "device": str(device),
+        "seconds": round(time.perf_counter() - t0, 2), "device": str(device), "metric": metric,
     }
     return Clustering(assign.cpu(), centroids.cpu(), spread.cpu(), stats)
