@@ -3,6 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# Real text for `flashhead eval` and the tests: Debian's fortunes (see src/flashhead/corpus.py).
+if [ ! -d /usr/share/games/fortunes ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    { $SUDO apt-get install -y -q fortunes fortunes-min >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q fortunes fortunes-min >/dev/null; }; } \
+      || echo "warning: could not install Debian's fortunes (text for flashhead eval); install it by hand" >&2
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1

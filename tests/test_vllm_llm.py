@@ -15,7 +15,7 @@ PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):",
            "In 1969, the first man", "The quick brown fox"]
 # fp32: vLLM rounds dense logits to the model dtype (bf16 by default on CPU) while FlashHead returns
 # fp32 logits; in bf16 a near-tie flipped one of 8 greedy continuations even with all probes.
-ENGINE = dict(gpu_memory_utilization=0.1, max_model_len=256, enforce_eager=True, seed=0, dtype="float32")
+ENGINE = dict(kv_cache_memory_bytes=512 * 2**20, max_model_len=256, enforce_eager=True, seed=0, dtype="float32")
 
 
 def _greedy(model_dir, monkeypatch=None, **kw):

