@@ -42,7 +42,8 @@ def test_build_json(smollm2_hf_dir, tmp_path, capsys):
     from flashhead.index import ClusterIndex
 
     out = tmp_path / "fh"
-    assert main(["build", str(smollm2_hf_dir), "-o", str(out), "--probes", "32", "--iterations", "1", "--json"]) == 0
+    assert main(["build", str(smollm2_hf_dir), "-o", str(out), "--probes", "32", "--iterations", "1",
+                 "--calibration-positions", "512", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["build"]["clusters"] == 3072 and stats["build"]["imbalance"] == 0
     assert ClusterIndex.load(out / "flash_head_assets").config.probes == 32

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from flashhead import corpus
-from flashhead.evaluate import collect_hidden, evaluate_hidden, smallest_probes
+from flashhead.evaluate import dense_top1_rank, evaluate_hidden, smallest_probes
+from flashhead.hidden import teacher_forced
 
 
 def test_corpus_splits_are_disjoint_and_stable():
@@ -21,7 +22,7 @@ def smol(smollm2_flashhead_dir):
     from flashhead.integrations import hf
 
     model, tok = hf.load(smollm2_flashhead_dir)
-    H, targets = collect_hidden(model, tok, corpus.load("eval"), max_positions=96)
+    H, targets = teacher_forced(model, tok, corpus.load("eval"), max_positions=96)
     return model, tok, H, targets
 
 
@@ -42,7 +43,7 @@ def test_all_probes_equals_dense(smol):
 def test_smallest_probes_reaches_target(smol):
     model, _, H, _ = smol
     head, w = model.lm_head.flashhead, model.lm_head.weight.detach()
-    p = smallest_probes(head, H, w, 0.95)
+    p = smallest_probes(dense_top1_rank(head, H, w), 0.95)
     dense = (H @ w.T).argmax(1)
 
     def agreement(q):

@@ -51,7 +51,7 @@ def test_bad_probes_and_shapes_are_clear_errors():
     with pytest.raises(FlashHeadError, match="hidden states have size"):
         head(torch.randn(2, 47))
     _, other = _head(v=2000, seed=1)
-    index = ClusterIndex(other.config, other.assignments, other.stage1.centroids, torch.zeros(other.num_clusters),
-                         fingerprint(torch.randn(2000, 48)))
+    c = balanced_kmeans(w, 16, iterations=1, progress=False)
+    index = ClusterIndex(other.config, c.assignments, c.centroids, c.spread, fingerprint(torch.randn(2000, 48)))
     with pytest.raises(FlashHeadError, match="fingerprint"):
         FlashHead(w, index)

@@ -34,11 +34,34 @@ def _compare(head, h, other):
     torch.testing.assert_close(head(h), l_r, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("quant", ["none", "int8", "int4"])
+@pytest.mark.parametrize("quant", ["none", "int4"])
 def test_cpu_kernel_equals_reference(quant):
     w, head = _head(quant=quant)
     for n in (1, 6):                      # a second, larger batch reuses and grows the workspace
         _compare(head, torch.randn(n, 64), Kernel.CPU)
+
+
+def test_cpu_int8_kernel_follows_its_definition():
+    """int8 stage 1 on the CPU runs in bf16 (torch's packed int8 kernel): its scores differ from
+    the fp32 reference by bf16 rounding, so near-ties at the P-th cluster may break differently.
+    Checked: the scores within bf16 tolerance, and everything after them exactly as defined."""
+    w, head = _head(quant="int8")
+    head.kernel = Kernel.CPU
+    for n in (1, 6):
+        h = torch.randn(n, 64)
+        s_ref = head.stage1(h)                                         # fp32 reference scores
+        s, tok, z = head.probe(h)
+        torch.testing.assert_close(s, s_ref, rtol=0, atol=1e-2 * float(s_ref.abs().max()))
+        top = s.topk(head.probes, dim=1).values[:, -1:]                 # the P-th best score
+        probed_clusters = head.assignments[tok[:, ::16]]                # one token per cluster
+        assert (s.gather(1, probed_clusters) >= top).all()              # exactly the top P
+        torch.testing.assert_close(z, (h @ w.T).gather(1, tok), rtol=1e-5, atol=1e-5)
+        g = head.greedy(h)
+        assert torch.equal(g, tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1))
+        logits = head(h)
+        est = torch.minimum(s, torch.nextafter(z.amax(1, keepdim=True), torch.tensor(-float("inf"))))
+        want = est[:, head.assignments].scatter(1, tok, z)
+        assert torch.equal(logits, want) and torch.equal(logits.argmax(1), g)
 
 
 def test_all_probed_cpu_kernel_equals_dense():

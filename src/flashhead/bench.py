@@ -200,9 +200,9 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
     lm = model.lm_head
     head, weight = lm.flashhead, lm.weight.detach()
     # real hidden states: held-out text through the model's body
-    from .evaluate import collect_hidden
+    from .hidden import teacher_forced
 
-    H, _ = collect_hidden(model, tok, corpus.load("eval"), max_positions=max(batches))
+    H, _ = teacher_forced(model, tok, corpus.load("eval"), max_positions=max(batches))
     if H.shape[0] < max(batches):
         H = H.repeat(-(-max(batches) // H.shape[0]), 1)
     H = H.to(device=device, dtype=torch_dtype)

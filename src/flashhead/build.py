@@ -2,16 +2,20 @@
 
     flashhead build gemma-3-270m -o models/gemma-3-270m-flashhead
 
-The head weight is read straight from the safetensors files (no model load), clustered with
-balanced k-means, and written as `flash_head_assets/`. config.json gets
+The model runs once to calibrate (its own samples, or the user's text), the head weight is
+clustered with balanced k-means in the calibrated metric, and the result is written as
+`flash_head_assets/`. config.json gets
 `architectures: ["FlashHead<Arch>"]` and `flash_head_cache_dir`, so a stack without the plugin
 refuses the directory instead of silently running it dense.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +27,11 @@ from .sources import resolve
 
 ARCH_PREFIX = "FlashHead"
 CACHE_KEY = "flash_head_cache_dir"
+# Calibration positions: 16,384 (12,288 to fit, 4,096 held out to choose probes). Measured on
+# SmolLM2 (docs/FIDELITY.md): fitting on 6,144 instead left ~20% more dense top-1 misses.
+CALIBRATION_POSITIONS = 16384
+# Default probes: the smallest count reaching this greedy agreement on held-out calibration positions.
+TARGET_AGREEMENT = 0.995
 
 
 def base_architecture(config: dict) -> str:
@@ -77,9 +86,58 @@ def _copy_model_files(src: Path, dst: Path) -> None:
             shutil.copy2(item, target)
 
 
+def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: int, seed: int,
+                       device: str | None, progress: bool) -> tuple[torch.Tensor, str]:
+    """Hidden states [N, d] to calibrate on, text after text, and a description of their source.
+
+    calibration: "fortunes" (the calibration split of corpus.py's real text), "self" (the model's
+    own samples: no corpus needed, but measured less faithful on real prose, docs/FIDELITY.md),
+    or a list of texts (teacher-forced)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import corpus, hidden
+
+    if calibration == "fortunes":
+        texts, what = corpus.load("calibration"), "Debian fortunes (calibration split)"
+    elif calibration == "self":
+        texts, what = None, "the model's own samples (T=1, from BOS)"
+    elif isinstance(calibration, (list, tuple)) and calibration:
+        texts, what = list(calibration), f"{len(calibration)} user texts"
+    else:
+        raise FlashHeadError(f"calibration must be 'fortunes', 'self' or a list of texts, got {calibration!r}")
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    if device:
+        model.to(device)
+    if model.get_output_embeddings().weight.shape != weight.shape:
+        raise FlashHeadError(f"{src}: the loaded model's head does not match its safetensors head")
+    if texts is None:
+        h, _ = hidden.sampled(model, tok, positions, seed=seed, progress=progress)
+    else:  # shuffled (seeded): the held-out quarter then samples every part of the text
+        random.Random(seed).shuffle(texts)
+        h, _ = hidden.teacher_forced(model, tok, texts, positions)
+    if h.shape[0] < 64:
+        raise FlashHeadError(f"calibration text gave {h.shape[0]} positions; give at least 64")
+    return h, what
+
+
 def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool = True,
-          device: str | None = None) -> Path:
-    """Write a FlashHead model directory for `source` into `out_dir`; returns `out_dir`."""
+          device: str | None = None, calibration="fortunes",
+          positions: int = CALIBRATION_POSITIONS, target_agreement: float = TARGET_AGREEMENT,
+          probes: int | None = None) -> Path:
+    """Write a FlashHead model directory for `source` into `out_dir`; returns `out_dir`.
+
+    1. calibrate: `positions` hidden states of the model on `calibration` (calibration_hidden;
+       calibrate.py says what they shape);
+    2. cluster: balanced k-means of the head rows in the calibrated metric (clustering.py);
+    3. probes: `probes` if given, else the smallest count whose greedy agreement with the dense
+       head reaches `target_agreement` on the last quarter of the calibration text, held out
+       from 1-2 (whole texts: positions of one text are too alike to test each other).
+    """
+    from .calibrate import Calibration, query_transform, token_weights, weighted_spread
+    from .evaluate import dense_top1_rank, smallest_probes
+    from .head import FlashHead
+
     config = config or FlashHeadConfig()
     src = resolve(source)
     out = Path(out_dir).expanduser()
@@ -88,16 +146,45 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     if out.exists() and any(out.iterdir()) and not (out / ASSETS_DIR).is_dir():
         raise FlashHeadError(f"{out} exists and is not a FlashHead model directory; choose an empty "
                              f"or new directory")
+    if not 0 < target_agreement <= 1:
+        raise FlashHeadError(f"target agreement must lie in (0, 1], got {target_agreement}")
+    if positions < 64:
+        raise FlashHeadError(f"calibration needs at least 64 positions, got {positions}")
     model_config = read_config(src)
     arch = base_architecture(model_config)
-    weight = read_head_weight(src)
-    if config.probes > -(-weight.shape[0] // config.cluster_size):
-        raise FlashHeadError(f"probes={config.probes} exceeds the number of clusters "
-                             f"({-(-weight.shape[0] // config.cluster_size)})")
-    clustering = balanced_kmeans(weight, config.cluster_size, config.iterations, config.seed,
-                                 device=device, progress=progress)
-    index = ClusterIndex(config, clustering.assignments, clustering.centroids, clustering.spread,
-                         fingerprint(weight), build={**clustering.stats, "source": str(source)})
+    weight = read_head_weight(src).float()
+    k = -(-weight.shape[0] // config.cluster_size)
+    if probes is not None and not 1 <= probes <= k:
+        raise FlashHeadError(f"probes={probes} exceeds the number of clusters ({k})" if probes > k
+                             else f"probes must be a positive integer, got {probes}")
+    t0 = time.perf_counter()
+
+    h, source_text = calibration_hidden(src, weight, calibration, positions, config.seed, device, progress)
+    fit = h.shape[0] - h.shape[0] // 4
+    held_out = h[fit:]
+    cal = Calibration.from_hidden(weight, h[:fit])
+    t_cal = time.perf_counter()
+
+    clustering = balanced_kmeans(weight, config.cluster_size, config.iterations, config.seed, device=device,
+                                 progress=progress, metric="euclidean",
+                                 transform=query_transform(cal.sigma_dir), token_weights=token_weights(cal.usage))
+    spread = weighted_spread(weight, clustering.assignments, cal.sigma)
+    t_cluster = time.perf_counter()
+
+    index = ClusterIndex(config, clustering.assignments, clustering.centroids, spread, fingerprint(weight))
+    ranks = dense_top1_rank(FlashHead(weight, index, probes=1), held_out, weight)
+    chosen = probes or smallest_probes(ranks, target_agreement)
+    agreement = float((ranks < chosen).float().mean())
+    index.config = dataclasses.replace(config, probes=chosen)
+    index.build = {**clustering.stats, "source": str(source),
+                   "calibration": {"text": source_text, "positions": cal.positions,
+                                   "held_out_positions": held_out.shape[0],
+                                   "target_agreement": None if probes else target_agreement,
+                                   "held_out_agreement": agreement},
+                   "seconds": {"calibration": round(t_cal - t0, 1), "clustering": round(t_cluster - t_cal, 1),
+                               "probes": round(time.perf_counter() - t_cluster, 1),
+                               "total": round(time.perf_counter() - t0, 1)},
+                   "peak_rss_mb": _peak_rss_mb()}
     index.validate("built assets")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -107,3 +194,9 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     model_config[CACHE_KEY] = ASSETS_DIR
     (out / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
     return out
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB

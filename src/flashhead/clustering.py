@@ -100,22 +100,24 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _centroids(x, assign, k, metric):
+def _centroids(x, assign, k, metric, weights=None):
     """[K, d'] centroids to score rows against by dot product.
 
     cosine   : normalized sum of the (normalized) member rows.
-    euclidean: x carries a trailing column of ones; the centroid is the members' mean with its last
-               column set to -|c|^2 / 2, so x . c = x_.c_ - |c_|^2 / 2 ranks clusters by distance.
+    euclidean: x carries a trailing column of ones; the centroid is the members' (weighted) mean
+               with its last column set to -|c|^2 / 2, so x . c = x_.c_ - |c_|^2 / 2 ranks clusters
+               by distance.
     """
-    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, assign, x)
+    xw = x if weights is None else x * weights.unsqueeze(1)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, assign, xw)
     if metric == "cosine":
         return _normalize(sums)
-    c = sums / sums[:, -1:].clamp_min(1)
+    c = sums / sums[:, -1:].clamp_min(1e-30)
     c[:, -1] = -0.5 * (c[:, :-1] ** 2).sum(1)
     return c
 
 
-def _flat_kmeans(x, capacity, iterations, gen, metric, chunk=16384):
+def _flat_kmeans(x, capacity, iterations, gen, metric, weights=None, chunk=16384):
     """Balanced k-means scoring every row against every centroid (small K only)."""
     k = capacity.numel()
     init = torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)
@@ -130,7 +132,7 @@ def _flat_kmeans(x, capacity, iterations, gen, metric, chunk=16384):
             cand_scores.append(top.values)
         assign = balanced_assign(torch.cat(cand), torch.cat(cand_scores), capacity)
         assign = _assign_leftovers(x, centroids, assign, capacity)
-        centroids = _centroids(x, assign, k, metric)
+        centroids = _centroids(x, assign, k, metric, weights)
     return assign
 
 
@@ -156,10 +158,10 @@ def _nearest_clusters(centroids, m, metric, chunk=2048):
     return torch.cat(out)
 
 
-def _refine(x, assign, capacity, cluster_size, metric, chunk=1024):
+def _refine(x, assign, capacity, cluster_size, metric, weights=None, chunk=1024):
     """One round: each row re-chooses among the M nearest clusters of its current cluster."""
     k = capacity.numel()
-    centroids = _centroids(x, assign, k, metric)
+    centroids = _centroids(x, assign, k, metric, weights)
     m = min(k, _NEIGHBOURS)
     nbr = _nearest_clusters(centroids, m, metric)                    # [K, M]
     members = _members(assign, capacity, cluster_size)         # [K, cs]
@@ -181,27 +183,33 @@ def _refine(x, assign, capacity, cluster_size, metric, chunk=1024):
     return _assign_leftovers(x, centroids, new, capacity)
 
 
-def objective(x: torch.Tensor, assign: torch.Tensor, k: int, metric: str = "cosine") -> float:
-    """Mean score of each row against its own centroid. Higher is better.
+def objective(x: torch.Tensor, assign: torch.Tensor, k: int, metric: str = "cosine",
+              weights: torch.Tensor | None = None) -> float:
+    """(Weighted) mean score of each row against its own centroid. Higher is better.
 
     cosine: mean cosine similarity; euclidean: -(mean squared distance to the centroid) / 2.
     """
-    c = _centroids(x, assign, k, metric)
+    c = _centroids(x, assign, k, metric, weights)
     score = (x * c[assign]).sum(1)
     if metric == "euclidean":
         score = score - 0.5 * (x[:, :-1] ** 2).sum(1)
-    return float(score.mean())
+    if weights is None:
+        return float(score.mean())
+    return float((score * weights).sum() / weights.sum())
 
 
 def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: int = 8, seed: int = 0,
                     device: str | torch.device | None = None, progress: bool = True,
-                    metric: str = "cosine", transform: torch.Tensor | None = None) -> Clustering:
+                    metric: str = "cosine", transform: torch.Tensor | None = None,
+                    token_weights: torch.Tensor | None = None) -> Clustering:
     """Cluster the rows of `weight` [V, d] into ceil(V / cluster_size) clusters of equal size.
 
     metric "cosine" clusters the normalized rows (spherical k-means). metric "euclidean" clusters
     the rows mapped by `transform` [d, d'] (identity if None): with transform = Sigma^(1/2), where
     Sigma = E[h h^T] over the model's hidden states, the k-means objective is the expected squared
     error of the cluster-mean logit, E[(h . (w - mean))^2] (calibrate.query_transform).
+    token_weights [V] > 0 (None: all 1) weight each row in the centroids, the returned stage-1
+    centroids included: a cluster is then ranked by the logits of its likely tokens.
     """
     from tqdm.auto import tqdm
 
@@ -219,6 +227,7 @@ def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: in
     cap = capacities(v, cluster_size).to(device)
     k = cap.numel()
     gen = torch.Generator().manual_seed(seed)
+    tw = None if token_weights is None else token_weights.to(device=device, dtype=torch.float32)
 
     # Level 1: G groups, each holding a whole number of clusters.
     g = max(1, min(k, round(math.sqrt(k))))
@@ -229,7 +238,7 @@ def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: in
     group_cap = torch.stack([cap_cpu[f:f + n].sum() for f, n in zip(group_first.tolist(), per_group.tolist())])
 
     bar = tqdm(total=1 + g + iterations, desc="balanced k-means", unit="step", disable=not progress)
-    group = _flat_kmeans(x, group_cap.to(device), 6, gen, metric)
+    group = _flat_kmeans(x, group_cap.to(device), 6, gen, metric, tw)
     bar.update(1)
 
     # Level 2: split each group into its clusters.
@@ -237,19 +246,21 @@ def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: in
     for gi in range(g):
         rows = torch.nonzero(group == gi).squeeze(1)
         first, n = int(group_first[gi]), int(per_group[gi])
-        sub = _flat_kmeans(x[rows], cap[first:first + n], 6, gen, metric)
+        sub = _flat_kmeans(x[rows], cap[first:first + n], 6, gen, metric, None if tw is None else tw[rows])
         assign[rows] = sub + first
         bar.update(1)
 
-    history = [objective(x, assign, k, metric)]
+    history = [objective(x, assign, k, metric, tw)]
     for _ in range(iterations):
-        assign = _refine(x, assign, cap, cluster_size, metric)
-        history.append(objective(x, assign, k, metric))
+        assign = _refine(x, assign, cap, cluster_size, metric, tw)
+        history.append(objective(x, assign, k, metric, tw))
         bar.update(1)
         bar.set_postfix(objective=f"{history[-1]:.4f}")
     bar.close()
 
-    centroids = torch.zeros(k, d, device=device).index_add_(0, assign, w) / cap.unsqueeze(1)
+    rw = torch.ones(v, device=device) if tw is None else tw
+    centroids = (torch.zeros(k, d, device=device).index_add_(0, assign, w * rw.unsqueeze(1))
+                 / torch.zeros(k, device=device).index_add_(0, assign, rw).unsqueeze(1))
     dist = ((w - centroids[assign]) ** 2).sum(1)
     spread = torch.zeros(k, device=device).index_add_(0, assign, dist) / (cap * d)
     counts = torch.bincount(assign, minlength=k)

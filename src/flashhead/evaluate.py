@@ -14,33 +14,13 @@ import torch
 from . import metrics
 from .config import FlashHeadError
 from .head import FlashHead
-
-
-def collect_hidden(model, tokenizer, texts: list[str], max_positions: int = 4096,
-                   max_length: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced hidden states H [N, d] (input of the head) and next tokens [N], N <= max_positions."""
-    body = model.base_model
-    hs, ts, n = [], [], 0
-    with torch.inference_mode():
-        for text in texts:
-            ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"]
-            if ids.shape[1] < 2:
-                continue
-            h = body(input_ids=ids.to(model.device)).last_hidden_state[0, :-1]
-            hs.append(h.float().cpu())
-            ts.append(ids[0, 1:])
-            n += h.shape[0]
-            if n >= max_positions:
-                break
-    if not hs:
-        raise FlashHeadError("no text to evaluate on")
-    return torch.cat(hs)[:max_positions], torch.cat(ts)[:max_positions]
+from .hidden import teacher_forced
 
 
 def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targets: torch.Tensor,
                     probes: list[int], chunk: int = 64) -> list[dict]:
     """Teacher-forced metrics per probe count from precomputed hidden states H [N, d] and next
-    tokens [N] (collect_hidden): a sweep over probes reuses one forward pass of the model."""
+    tokens [N] (hidden.teacher_forced): a sweep over probes reuses one forward pass of the model."""
     sums = {p: dict.fromkeys(["agree", "contain1", "contain5", "tv1", "tv07", "nll"], 0.0) for p in probes}
     dense_nll = 0.0
     w = weight.float()
@@ -95,29 +75,28 @@ def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], n
     return out
 
 
-def smallest_probes(head: FlashHead, H: torch.Tensor, weight: torch.Tensor, target: float) -> int:
-    """Smallest P whose top-1 agreement on H reaches `target` (agreement grows with P: nested sets)."""
-    dense_ids = (H @ weight.float().T).argmax(1)
-    saved = head.probes
+def dense_top1_rank(head: FlashHead, H: torch.Tensor, weight: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """[N]: rank (0 = first) of the cluster holding the dense argmax among the stage-1 scores.
 
-    def agreement(p):
-        head.probes = p
-        # chunks: stage 2 gathers n * P * cs rows, which must fit in memory for large P
-        n = max(1, 2 ** 22 // (p * head.cluster_size))
-        ids = torch.cat([head.greedy(H[s:s + n].to(weight.dtype)) for s in range(0, H.shape[0], n)])
-        return float((ids == dense_ids).float().mean())
+    The dense top-1 token is probed, and FlashHead's greedy token equals it, when this rank is
+    below P: one pass gives the agreement of every probe count. Clusters tied with it count as
+    ranked before it (bf16 scores of the CPU int8 kernel tie often)."""
+    w = weight.float()
+    ranks = []
+    for s in range(0, H.shape[0], chunk):
+        h = H[s:s + chunk]
+        top1 = (h.float() @ w.T).argmax(1)                                    # [n]
+        scores = head.scores(h.to(weight.dtype))                              # [n, K]
+        own = scores.gather(1, head.assignments[top1].unsqueeze(1))           # [n, 1]
+        ranks.append((scores >= own).sum(1) - 1)
+    return torch.cat(ranks)
 
-    lo, hi = 1, head.num_clusters
-    try:
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if agreement(mid) >= target:
-                hi = mid
-            else:
-                lo = mid + 1
-    finally:
-        head.probes = saved
-    return lo
+
+def smallest_probes(ranks: torch.Tensor, target: float) -> int:
+    """Smallest P whose greedy agreement reaches `target`, from dense_top1_rank's ranks [N]."""
+    ranks = ranks.sort().values
+    need = min(max(math.ceil(target * ranks.numel()), 1), ranks.numel())
+    return int(ranks[need - 1]) + 1
 
 
 def evaluate(model, tokenizer, texts: list[str], probes: list[int] | None = None, max_positions: int = 4096,
@@ -129,7 +108,7 @@ def evaluate(model, tokenizer, texts: list[str], probes: list[int] | None = None
     for p in probes:
         if not 1 <= p <= head.num_clusters:
             raise FlashHeadError(f"probes must lie in [1, {head.num_clusters}], got {p}")
-    H, targets = collect_hidden(model, tokenizer, texts, max_positions)
+    H, targets = teacher_forced(model, tokenizer, texts, max_positions)
     rows = evaluate_hidden(head, lm.weight.detach(), H, targets, probes)
     if prompts > 0:
         starts = [" ".join(t.split()[:8]) for t in texts[:prompts]]
@@ -143,7 +122,7 @@ def evaluate(model, tokenizer, texts: list[str], probes: list[int] | None = None
            "positions": int(H.shape[0]), "prompts": prompts, "results": rows}
     if target_agreement is not None:
         out["target_agreement"] = target_agreement
-        out["smallest_probes"] = smallest_probes(head, H, lm.weight.detach(), target_agreement)
+        out["smallest_probes"] = smallest_probes(dense_top1_rank(head, H, lm.weight.detach()), target_agreement)
     return out
 
 

@@ -55,6 +55,7 @@ class Stage1(torch.nn.Module):
             q, scale = quantize_rows(centroids.float(), self.bits)
             self.register_buffer("q", q.to(device), persistent=False)
             self.register_buffer("scale", scale.to(device), persistent=False)
+            self.register_buffer("scale_bf16", scale.to(device, torch.bfloat16), persistent=False)
         self.num_rows, self.hidden = centroids.shape
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

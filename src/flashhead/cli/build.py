@@ -6,12 +6,19 @@ import json
 HELP = "cluster a model's output head and write a FlashHead model directory"
 EPILOG = """examples:
   flashhead build gemma-3-270m -o models/gemma-3-270m-flashhead
-  flashhead build path/to/model.gguf -o models/my-flashhead --cluster-size 16 --probes 256
-  flashhead build path/to/hf-model-dir -o models/my-flashhead --json
+  flashhead build path/to/model.gguf -o models/my-flashhead --calibrate-on my_prompts.txt
+  flashhead build path/to/hf-model-dir -o models/my-flashhead --calibrate-on self --probes 256 --json
+
+Calibration: the model runs over real text and the clusters are fitted to where its hidden states
+point. --calibrate-on takes `fortunes` (default: the calibration half of Debian's fortunes, English
+prose; the other half is `flashhead eval`'s held-out text), `self` (the model's own samples: no
+corpus needed), or text files like your workload (one text per blank-line separated paragraph).
+Default probes: the smallest count reaching --target-agreement on the last quarter of that text.
 """
 
 
 def add_arguments(p):
+    from ..build import CALIBRATION_POSITIONS, TARGET_AGREEMENT
     from ..config import FlashHeadConfig, QUANTIZATIONS
     from ..sources import ALIASES
 
@@ -19,7 +26,15 @@ def add_arguments(p):
     p.add_argument("source", help=f"HF model directory, .gguf file, or alias ({', '.join(ALIASES)})")
     p.add_argument("-o", "--output", required=True, help="FlashHead model directory to write")
     p.add_argument("--cluster-size", type=int, default=d.cluster_size, help="tokens per cluster (default %(default)s)")
-    p.add_argument("--probes", type=int, default=d.probes, help="default clusters probed per step (default %(default)s)")
+    p.add_argument("--probes", type=int, default=None,
+                   help="default clusters probed per step (default: chosen by --target-agreement)")
+    p.add_argument("--target-agreement", type=float, default=TARGET_AGREEMENT,
+                   help="greedy agreement with the dense head that picks the default probes, on "
+                        "held-out calibration positions (default %(default)s)")
+    p.add_argument("--calibrate-on", nargs="+", default=["fortunes"], metavar="SOURCE",
+                   help="fortunes (default), self, or text files (see below)")
+    p.add_argument("--calibration-positions", type=int, default=CALIBRATION_POSITIONS,
+                   help="hidden states to calibrate on (default %(default)s)")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default=d.quantization, help="stage-1 storage (default %(default)s)")
     p.add_argument("--iterations", type=int, default=d.iterations, help="k-means refinement rounds (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -30,14 +45,22 @@ def add_arguments(p):
 def run(args):
     from ..build import build
     from ..config import FlashHeadConfig
+    from ..corpus import read_files
     from ..index import ASSETS_DIR, ClusterIndex
 
-    config = FlashHeadConfig(cluster_size=args.cluster_size, probes=args.probes,
-                             quantization=args.quantization, iterations=args.iterations, seed=args.seed)
-    out = build(args.source, args.output, config, progress=not args.json, device=args.device)
-    stats = ClusterIndex.load(out / ASSETS_DIR).build
+    config = FlashHeadConfig(cluster_size=args.cluster_size, quantization=args.quantization,
+                             iterations=args.iterations, seed=args.seed)
+    on = args.calibrate_on
+    calibration = on[0] if on in (["fortunes"], ["self"]) else read_files(on)
+    out = build(args.source, args.output, config, progress=not args.json, device=args.device,
+                calibration=calibration, positions=args.calibration_positions,
+                target_agreement=args.target_agreement, probes=args.probes)
+    index = ClusterIndex.load(out / ASSETS_DIR)
+    stats = index.build
     if args.json:
-        print(json.dumps({"output": str(out), "config": config.to_dict(), "build": stats}))
+        print(json.dumps({"output": str(out), "config": index.config.to_dict(), "build": stats}))
     else:
+        cal = stats["calibration"]
         print(f"wrote {out}: {stats['clusters']} clusters of {stats['cluster_size']} tokens, "
-              f"objective {stats['objective']:.4f}, {stats['seconds']:.1f} s")
+              f"probes {index.config.probes} ({cal['held_out_agreement']:.2%} greedy agreement on "
+              f"{cal['held_out_positions']} held-out positions), {stats['seconds']['total']:.0f} s")

@@ -8,9 +8,13 @@ from __future__ import annotations
 import torch
 
 
+def stage1(head, h: torch.Tensor) -> torch.Tensor:
+    return head.stage1(h)                                                # [N, K] fp32
+
+
 def probe(head, h: torch.Tensor):
     """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs], exact logits z [N, P*cs] fp32."""
-    scores = head.stage1(h)                                              # [N, K]
+    scores = stage1(head, h)                                             # [N, K]
     top = scores.topk(head.probes, dim=1, sorted=False).indices          # [N, P]
     tok = head.block_ids[top].flatten(1)                                 # [N, P*cs]
     rows = head.weight.index_select(0, tok.flatten()).view(*tok.shape, head.hidden)

@@ -9,7 +9,7 @@ def _tk():
     return triton_kernels
 
 
-def _stage1(head, h: torch.Tensor) -> torch.Tensor:
+def stage1(head, h: torch.Tensor) -> torch.Tensor:
     st = head.stage1
     if st.bits is None:
         return _tk().stage1(h, st.centroids, None)
@@ -20,7 +20,7 @@ def _stage1(head, h: torch.Tensor) -> torch.Tensor:
 
 def _run(head, h: torch.Tensor):
     tk = _tk()
-    scores = _stage1(head, h)                                          # [N, K] fp32
+    scores = stage1(head, h)                                           # [N, K] fp32
     top, slot, best = tk.topk(scores, head.probes)                     # [N, P], [N, K], [N]
     z = tk.stage2(h, head.weight, head.block_ids32, top, best)         # [N, P*cs]
     return scores, top, slot, best, z
