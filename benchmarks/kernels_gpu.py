@@ -1,12 +1,14 @@
-"""GPU check + timing of the FlashHead kernels vs the dense head (one call on the H100).
+"""GPU check + timing of the FlashHead kernels vs the dense head (one call on the GPU machine).
 
-    python benchmarks/kernels_gpu.py            # prints a correctness table, then a timing table
+    python benchmarks/kernels_gpu.py            # correctness table, then a timing table
+    python benchmarks/kernels_gpu.py --sweep    # first: launch configurations per kernel, the
+                                                # fastest set into triton_kernels.TUNED for the run
 
 Random bf16 weights (timing does not depend on the values; say so when quoting), random balanced
-clusters of 16, P=256. Each step is captured in a CUDA graph; L2 is flushed (a 256 MB memset)
-before every timed replay, so nothing runs from cache; median of REPS replays with CUDA events.
-Floors: bytes that must be read (dense: V*d*2; FlashHead: K*d*2 centroids + N*P*cs*d*2 rows)
-over the device-to-device copy bandwidth measured here.
+clusters of 16, P=256, int8 stage 1 (the default). Each step is captured in a CUDA graph; L2 is
+flushed (a 256 MB memset) before every timed replay, so nothing runs from cache; median of REPS
+replays with CUDA events. Floors: bytes that must be read (dense: V*d*2; FlashHead: K*d int8
+centroids + K*4 scales + N*P*cs*d*2 rows) over the device-to-device copy bandwidth measured here.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ SHAPES = {"llama-3.2-1b": (128256, 2048), "gemma-3-1b": (262144, 1152), "qwen3-0
 REPS = 100
 
 
-def make_head(v, d, probes=256, quant="none", dtype=torch.bfloat16, seed=0):
+def make_head(v, d, probes=256, quant="int8", dtype=torch.bfloat16, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     w = torch.randn(v, d, device="cuda", generator=g).to(dtype) * 0.02
     k = -(-v // 16)
@@ -112,37 +114,55 @@ def timing():
             t_g = graph_time(lambda: head.greedy(h), flush)
             t_l = graph_time(lambda: head(h), flush)
             k = head.num_clusters
-            floor = (k * d * 2 + min(n * head.probes * 16, v) * d * 2) / bw * 1e6
+            floor = (k * d + k * 4 + min(n * head.probes * 16, v) * d * 2) / bw * 1e6
             print(f"{name:14s} {n:3d} {t_dense:8.1f} {t_dense_g:8.1f} {t_ref:8.1f} {t_g:8.1f} {t_l:8.1f} "
                   f"{t_g / t_dense_g:7.2f} {floor:7.1f} {t_g / floor:7.2f}", flush=True)
 
 
-def breakdown():
-    """Per-kernel times (Llama shape, N=1) and a few launch configurations of each."""
+def sweep():
+    """Per-kernel launch configurations (Llama shape, N=1, int8 stage 1); the fastest top-P and
+    stage-2 configurations go to TUNED for the rest of the run."""
     from flashhead.kernels import triton_kernels as tk
     flush = torch.empty(256 * 2 ** 20, dtype=torch.uint8, device="cuda")
     w, head = make_head(*SHAPES["llama-3.2-1b"])
     h = torch.randn(1, w.shape[1], device="cuda").bfloat16()
-    c = head.stage1.centroids
-    print("\nbreakdown, llama-3.2-1b, N=1 (µs)")
-    for bk, bd, ns in ((16, 128, 4), (32, 128, 4), (32, 256, 3), (64, 128, 4), (16, 256, 4)):
-        print(f"stage1 block_k={bk} block_d={bd} stages={ns}: {graph_time(lambda: tk.stage1(h, c, None, bk, bd, ns), flush):.1f}")
-    print(f"stage1 torch bf16 matmul: {graph_time(lambda: h @ c.T, flush):.1f}")
-    s = tk.stage1(h, c, None)
-    for nw in (4, 8, 16, 32):
-        print(f"topk num_warps={nw}: {graph_time(lambda: tk.topk(s, head.probes, nw), flush):.1f}")
+    q, sc = head.stage1.q, head.stage1.scale
+    print("\nsweep, llama-3.2-1b, N=1, int8 stage 1 (µs)")
+    best = {}
+
+    def keep(name, t, cfg, label):
+        print(f"{label}: {t:.1f}", flush=True)
+        if name not in best or t < best[name][0]:
+            best[name] = (t, cfg)
+
+    print(f"stage1 torch bf16 matmul (bf16 centroids): {graph_time(lambda: h @ head.stage1.q.bfloat16().T, flush):.1f}")
+    tiny = torch.zeros(1, device="cuda")
+    print(f"null (a one-element fill in a graph): {graph_time(lambda: tiny.fill_(1.0), flush):.1f}")
+    for bk, bd, ns in ((32, 128, 4), (16, 128, 4), (16, 256, 4), (32, 256, 3), (64, 128, 4)):
+        print(f"stage1 block_k={bk} block_d={bd} stages={ns}: {graph_time(lambda: tk.stage1(h, q, sc, bk, bd, ns), flush):.1f}")
+    s = tk.stage1(h, q, sc)
+    for key32 in (False, True):
+        for nw in (4, 8, 16):
+            print(f"topk num_warps={nw} key32={key32}: {graph_time(lambda: tk.topk(s, head.probes, nw, key32), flush):.1f}")
+    for kk in (9496, 16384):   # Qwen3-0.6B's and Gemma-3-1B's K: blocks of 16,384 lanes
+        s16 = torch.randn(1, kk, device="cuda")
+        for nw in (8, 16, 32):
+            print(f"topk K={kk} num_warps={nw}: {graph_time(lambda: tk.topk(s16, 256, nw), flush):.1f}")
     print(f"torch.topk: {graph_time(lambda: s.topk(head.probes, dim=1, sorted=False), flush):.1f}")
-    top, slot, best = tk.topk(s, head.probes)
-    for cpb, bd, nw in ((1, 512, 4), (1, 256, 4), (2, 256, 4), (1, 1024, 8), (2, 512, 8), (4, 256, 8)):
-        print(f"stage2 cpb={cpb} block_d={bd} warps={nw}: "
-              f"{graph_time(lambda: tk.stage2(h, w, head.block_ids32, top, best, cpb, bd, nw), flush):.1f}")
+    top, slot, b = tk.topk(s, head.probes)
+    for cpb, bd, nw in ((1, 512, 4), (1, 1024, 4), (1, 1024, 8), (1, 2048, 8), (1, 2048, 16), (2, 512, 4),
+                        (2, 1024, 8), (4, 512, 8), (4, 1024, 16)):
+        cfg = dict(cpb=cpb, block_d=bd, num_warps=nw)
+        keep("stage2", graph_time(lambda: tk.stage2(h, w, head.block_ids32, top, b, **cfg), flush), cfg, f"stage2 {cfg}")
+    for name, (t, cfg) in best.items():
+        tk.TUNED[name] = cfg
+        print(f"best {name}: {cfg} {t:.1f} µs")
 
 
 if __name__ == "__main__":
-    if "--breakdown" in sys.argv:
-        breakdown()
-        sys.exit()
     torch.manual_seed(0)
+    if "--sweep" in sys.argv:
+        sweep()
     ok = check()
     print("ALL CORRECT" if ok else "MISMATCH")
     if "--check-only" not in sys.argv:

@@ -111,3 +111,16 @@ def test_all_probed_triton_equals_dense():
     dense = h.float() @ w.float().T
     torch.testing.assert_close(head(h), dense, rtol=1e-5, atol=1e-4)
     assert torch.equal(head.greedy(h), dense.argmax(1))
+
+
+@cuda
+def test_cuda_graph_replay_equals_direct_launch():
+    w, head = _head(quant="int8", device="cuda", dtype=torch.bfloat16)
+    for n, probes in ((1, 7), (3, 7), (1, 7), (1, 2)):   # replays, a new batch size, new probes
+        head.probes = probes
+        h = torch.randn(n, 64, device="cuda", dtype=torch.bfloat16)
+        head.cuda_graphs = True
+        g, logits = head.greedy(h), head(h)
+        head.cuda_graphs = False
+        assert torch.equal(g, head.greedy(h)) and torch.equal(logits, head(h))
+        assert torch.equal(logits.argmax(1), g)

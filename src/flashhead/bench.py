@@ -5,7 +5,7 @@
              and its greedy fast path; warm-up, then `repeats` alternating runs, median and IQR.
     decode   transformers generate(), greedy, the same prompt and new-token count, dense head and
              FlashHead alternating in the same process.
-    build    balanced k-means time for the model's head (the `flashhead build` clustering step).
+    build    the build's own record (seconds per phase, peak memory) from the model directory.
 
 Bandwidth: a large tensor copy is timed (read + write bytes / s) rather than assumed; the floor of a
 head step is the bytes it must read divided by that bandwidth.
@@ -16,6 +16,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,7 @@ from . import corpus, metrics
 from .config import FlashHeadError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FLUSH_BYTES = 256 * 2**20   # > every last-level cache here (32 MB L3 on the CPU, 50-60 MB L2 on H100/H200)
 
 
 def _sync(device: str) -> None:
@@ -30,13 +32,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timeit(fn, device: str, warmup: int, repeats: int) -> list[float]:
-    """Seconds per call of `fn`, `repeats` samples after `warmup` calls."""
+def timeit(fn, device: str, warmup: int, repeats: int, flush: torch.Tensor | None = None) -> list[float]:
+    """Seconds per call of `fn`, `repeats` samples after `warmup` calls; `flush` (a buffer larger
+    than the last-level cache) is overwritten before each sample, outside the timed region."""
     for _ in range(warmup):
         fn()
     _sync(device)
     out = []
-    for _ in range(repeats):
+    for i in range(repeats):
+        if flush is not None:
+            flush.fill_(i)
+            _sync(device)
         t0 = time.perf_counter()
         fn()
         _sync(device)
@@ -79,18 +85,22 @@ def machine(device: str, bw: float) -> dict:
 
 def bench_head(head, weight: torch.Tensor, H: torch.Tensor, batches: list[int], device: str,
                bw: float, warmup: int = 3, repeats: int = 20) -> list[dict]:
-    """Per batch size: dense vs FlashHead on H[:batch] (weight and H already in the bench dtype)."""
+    """Per batch size: dense vs FlashHead on H[:batch] (weight and H already in the bench dtype).
+
+    Cold cache, as in a decode step (where the model's body streams through the cache between
+    two head calls): a 256 MB buffer is overwritten before every timed call."""
     elt = weight.element_size()
     v, d = weight.shape
     dense_bytes = v * d * elt
+    flush = torch.empty(FLUSH_BYTES // 4, device=device)
     rows = []
     with torch.inference_mode():
         for b in batches:
             h = H[:b]
-            dense = timeit(lambda: torch.nn.functional.linear(h, weight), device, warmup, repeats)
-            dense_g = timeit(lambda: torch.nn.functional.linear(h, weight).argmax(-1), device, warmup, repeats)
-            flash = timeit(lambda: head(h), device, warmup, repeats)
-            flash_g = timeit(lambda: head.greedy(h), device, warmup, repeats)
+            dense = timeit(lambda: torch.nn.functional.linear(h, weight), device, warmup, repeats, flush)
+            dense_g = timeit(lambda: torch.nn.functional.linear(h, weight).argmax(-1), device, warmup, repeats, flush)
+            flash = timeit(lambda: head(h), device, warmup, repeats, flush)
+            flash_g = timeit(lambda: head.greedy(h), device, warmup, repeats, flush)
             (d_us, d_iqr), (f_us, f_iqr) = _summary(dense), _summary(flash)
             dg_us, fg_us = _summary(dense_g)[0], _summary(flash_g)[0]
             cost = metrics.cost(v, d, head.num_clusters, head.cluster_size, head.probes,
@@ -136,15 +146,6 @@ def bench_decode(model, tokenizer, prompt: str, new_tokens: int, repeats: int = 
     return {"prompt": prompt, "prompt_tokens": int(enc["input_ids"].shape[1]), "new_tokens": new_tokens,
             "repeats": repeats, "dense_tok_s": dense, "flashhead_tok_s": flash, "speedup": flash / dense,
             "dense_s": times[False], "flashhead_s": times[True]}
-
-
-def bench_build(weight: torch.Tensor, config) -> dict:
-    from .clustering import balanced_kmeans
-
-    t0 = time.perf_counter()
-    balanced_kmeans(weight.float(), config.cluster_size, config.iterations, config.seed, progress=False)
-    return {"seconds": time.perf_counter() - t0, "iterations": config.iterations,
-            "cluster_size": config.cluster_size}
 
 
 def bench_random(vocab: int, hidden: int, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "float32",
@@ -213,8 +214,13 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
            "head": bench_head(head, weight, H, list(batches), device, bw, repeats=repeats)}
     if decode:
         out["decode"] = bench_decode(model, tok, prompt, new_tokens, decode_repeats)
-    if build:
-        out["build"] = bench_build(weight, head.config)
+    if build:   # as recorded by `flashhead build` (calibration, clustering, probes; peak memory)
+        from .build import CACHE_KEY, read_config
+        from .index import ClusterIndex
+
+        recorded = ClusterIndex.load(Path(model_dir) / read_config(Path(model_dir))[CACHE_KEY]).build
+        out["build"] = {"seconds": recorded.get("seconds"), "peak_rss_mb": recorded.get("peak_rss_mb"),
+                        "iterations": head.config.iterations, "cluster_size": head.cluster_size}
     return out
 
 

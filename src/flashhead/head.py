@@ -19,6 +19,7 @@ from . import kernels
 from .config import FlashHeadError
 from .index import ClusterIndex
 from .kernels import Kernel, cpu, torch_ref, triton_path
+from .kernels.graphs import GraphCache
 from .quant import Stage1
 
 _PATHS = {Kernel.TORCH: torch_ref, Kernel.CPU: cpu, Kernel.TRITON: triton_path}
@@ -67,6 +68,8 @@ class FlashHead(torch.nn.Module):
         self.dense_rule = False
         self.stats = {"flashhead_steps": 0, "dense_steps": 0}
         self._workspace = {}   # CPU kernel buffers, grown to the largest step
+        self.cuda_graphs = True           # eager CUDA calls replay a captured step (kernels/graphs.py)
+        self._graphs = GraphCache()
         self.stage1 = Stage1(index.centroids, index.config.quantization, weight.dtype, weight.device)
 
     @property
@@ -134,7 +137,7 @@ class FlashHead(torch.nn.Module):
             self.stats["dense_steps"] += 1
             return torch.nn.functional.linear(h, self.weight).argmax(1).view(lead)
         self.stats["flashhead_steps"] += 1
-        return self._path().greedy(self, h).view(lead)
+        return self._launch("greedy", h).view(lead)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [..., d] -> logits [..., V] fp32 over the whole vocabulary.
@@ -146,4 +149,11 @@ class FlashHead(torch.nn.Module):
             self.stats["dense_steps"] += 1
             return torch.nn.functional.linear(h, self.weight).float().view(*lead, self.vocab)
         self.stats["flashhead_steps"] += 1
-        return self._path().logits(self, h).view(*lead, self.vocab)
+        return self._launch("logits", h).view(*lead, self.vocab)
+
+    def _launch(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        fn = getattr(self._path(), name)
+        if not (self.cuda_graphs and h.is_cuda):
+            return fn(self, h)
+        key = (name, h.shape[0], h.dtype, self._probes, kernels.resolve(self._kernel, h.device))
+        return self._graphs.run(key, lambda x: fn(self, x), h)

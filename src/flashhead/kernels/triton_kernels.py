@@ -17,6 +17,15 @@ import triton
 import triton.language as tl
 
 INT64_MIN = -(2 ** 63)
+# Launch configurations of the decode step (triton_path.py), from `benchmarks/kernels_gpu.py
+# --sweep` on an H200 (docs/KERNELS.md): stage 2 with 1 cluster x 1024 columns per program and
+# 4 warps 13.5 µs (512 columns 16.0, 2048 columns 16.6); top-P on int32 keys 20.7 µs (int64 23.2).
+TUNED = {"topk": dict(key32=True),
+         "stage2": dict(cpb=1, block_d=1024, num_warps=4)}
+# Top-P warps per block of clusters (lanes = K rounded up to a power of 2). Measured: 8192 lanes
+# 4/8/16 warps 22.1/20.7/22.0 µs; 16384 lanes (K = 9,496 / 16,384) 8 warps 56.2/31.7, 16 warps
+# 42.5/33.2, 32 warps 53.0/37.8.
+TOPK_WARPS = {8192: 8, 16384: 16}
 
 
 @triton.jit
@@ -50,22 +59,31 @@ def _stage1_kernel(H, C, SCALE, S, N, K, D, stride_h, stride_c, stride_s,
 
 
 @triton.jit
-def _topk_kernel(S, TOP, SLOT, BEST, K, P, stride_s, BLOCK: tl.constexpr):
+def _topk_kernel(S, TOP, SLOT, BEST, K, P, stride_s, BLOCK: tl.constexpr, KEY32: tl.constexpr):
     n = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     m = offs < K
     key = _order_key(tl.load(S + n * stride_s + offs, mask=m, other=0.0))
-    key = tl.where(m, key, -2147483648).to(tl.int64)
+    key = tl.where(m, key, -2147483648)
+    if not KEY32:
+        key = key.to(tl.int64)
     # bisection for t = the P-th largest key: the largest t with count(key >= t) >= P
     lo = tl.full((), -2147483648, tl.int64)
     hi = tl.full((), 2147483647, tl.int64)
     for _ in range(32):
         mid = (lo + hi + 1) >> 1
-        take = tl.sum((key >= mid).to(tl.int32), 0) >= P
+        if KEY32:
+            take = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= P
+        else:
+            take = tl.sum((key >= mid).to(tl.int32), 0) >= P
         lo = tl.where(take, mid, lo)
         hi = tl.where(take, hi, mid - 1)
-    gt = (key > lo) & m
-    eq = (key == lo) & m
+    if KEY32:
+        t = lo.to(tl.int32)
+    else:
+        t = lo
+    gt = (key > t) & m
+    eq = (key == t) & m
     n_gt = tl.sum(gt.to(tl.int32), 0)
     pos_eq = n_gt + tl.cumsum(eq.to(tl.int32), 0) - 1           # ties: lowest cluster ids first
     sel = gt | (eq & (pos_eq < P))
@@ -133,15 +151,16 @@ def stage1(h: torch.Tensor, c: torch.Tensor, scale: torch.Tensor | None, block_k
     return s
 
 
-def topk(scores: torch.Tensor, p: int, num_warps: int | None = None):
+def topk(scores: torch.Tensor, p: int, num_warps: int | None = None, key32: bool = True):
     """scores [N, K] fp32 -> top [N, P] int32, slot [N, K] int32, best [N] int64 (reset)."""
     n, k = scores.shape
+    block = triton.next_power_of_2(k)
+    num_warps = num_warps or TOPK_WARPS.get(block, 16)
     top = torch.empty(n, p, device=scores.device, dtype=torch.int32)
     slot = torch.empty(n, k, device=scores.device, dtype=torch.int32)
     best = torch.empty(n, device=scores.device, dtype=torch.int64)
-    block = triton.next_power_of_2(k)
     _topk_kernel[(n,)](scores, top, slot, best, k, p, scores.stride(0), BLOCK=block,
-                       num_warps=num_warps or 8)  # measured: 8 < 16 < 4 < 32 at K=8016
+                       KEY32=key32, num_warps=num_warps)
     return top, slot, best
 
 

@@ -10,19 +10,18 @@ def _tk():
 
 
 def stage1(head, h: torch.Tensor) -> torch.Tensor:
-    st = head.stage1
-    if st.bits is None:
-        return _tk().stage1(h, st.centroids, None)
-    if st.bits == 8:
-        return _tk().stage1(h, st.q, st.scale)
-    return st(h)  # int4: dequantizing reference (no fused int4 kernel yet)
+    st, tk = head.stage1, _tk()
+    if st.bits == 4:
+        return st(h)  # int4: dequantizing reference (no fused int4 kernel yet)
+    c, scale = (st.centroids, None) if st.bits is None else (st.q, st.scale)
+    return tk.stage1(h, c, scale)
 
 
 def _run(head, h: torch.Tensor):
     tk = _tk()
     scores = stage1(head, h)                                           # [N, K] fp32
-    top, slot, best = tk.topk(scores, head.probes)                     # [N, P], [N, K], [N]
-    z = tk.stage2(h, head.weight, head.block_ids32, top, best)         # [N, P*cs]
+    top, slot, best = tk.topk(scores, head.probes, **tk.TUNED["topk"])  # [N, P], [N, K], [N]
+    z = tk.stage2(h, head.weight, head.block_ids32, top, best, **tk.TUNED["stage2"])  # [N, P*cs]
     return scores, top, slot, best, z
 
 
