@@ -4,8 +4,10 @@
 
     eval_h, eval_y   teacher-forced on the held-out split of Debian's fortunes (corpus.load("eval"))
     cal_h,  cal_y    teacher-forced on the calibration split (corpus.load("calibration"))
-    self_h, self_y   the model's own samples at T=1 from BOS (hidden.sampled: what `flashhead build`
-                     calibrates on, so no corpus is needed to build)
+    self_h, self_y   the model's own samples at T=1 from BOS (hidden.sampled: `flashhead build
+                     --calibrate-on self`, no corpus needed)
+    docs_h, docs_y   teacher-forced on Python's own documentation (pydoc_data.topics, shipped with
+                     CPython; PSF license): a second domain for held-out evaluation
     head             the output head [V, d] fp32
 written to ~/.cache/flashhead/fidelity/<model>.safetensors (or $FLASHHEAD_CACHE/fidelity/).
 """
@@ -23,6 +25,16 @@ def out_path(model: str) -> Path:
     return cache_root() / "fidelity" / f"{model}.safetensors"
 
 
+def python_docs() -> list[str]:
+    """Paragraphs (>= 80 characters) of the Python language reference shipped with CPython."""
+    import re
+
+    import pydoc_data.topics as topics
+
+    return [p.strip() for k in sorted(topics.topics) for p in re.split(r"\n\s*\n", topics.topics[k])
+            if len(p.strip()) >= 80]
+
+
 def main():
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,6 +47,7 @@ def main():
     p.add_argument("--eval", type=int, default=8192)
     p.add_argument("--cal", type=int, default=16384)
     p.add_argument("--self", dest="self_", type=int, default=16384)
+    p.add_argument("--docs", type=int, default=16384)
     a = p.parse_args()
     torch.set_num_threads(2)
     d = resolve(a.model)
@@ -43,7 +56,8 @@ def main():
     out = {"head": model.get_output_embeddings().weight.detach().float().contiguous()}
     for name, fn in (("eval", lambda: hidden.teacher_forced(model, tok, corpus.load("eval"), a.eval)),
                      ("cal", lambda: hidden.teacher_forced(model, tok, corpus.load("calibration"), a.cal)),
-                     ("self", lambda: hidden.sampled(model, tok, a.self_))):
+                     ("self", lambda: hidden.sampled(model, tok, a.self_)),
+                     ("docs", lambda: hidden.teacher_forced(model, tok, python_docs(), a.docs))):
         t = time.time()
         out[f"{name}_h"], out[f"{name}_y"] = (x.contiguous() for x in fn())
         print(name, tuple(out[f"{name}_h"].shape), f"{time.time() - t:.0f} s", flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 def run(model_dir, batches, tokens, repeats, extra):
     from vllm import LLM, SamplingParams
 
-    llm = LLM(str(model_dir), gpu_memory_utilization=0.05, max_model_len=512, enforce_eager=True,
+    llm = LLM(str(model_dir), kv_cache_memory_bytes=1 << 30, max_model_len=512, enforce_eager=True,
               seed=0, **extra)
     sp = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     llm.generate(["warm up"], sp, use_tqdm=False)

@@ -88,7 +88,7 @@ def test_dense_rule_is_counted():
     h = torch.randn(40, 64)                         # 40 * 7 * 16 rows > V: dense under the rule
     head(h[:1])
     assert head.stats == {"flashhead_steps": 1, "dense_steps": 0}
-    head.dense_rule = True
+    head.dense_above = 1.0
     torch.testing.assert_close(head(h), h @ w.T)    # exact everywhere: the dense head
     assert torch.equal(head.greedy(h[:1]), head.greedy(h[:1]))
     assert head.stats == {"flashhead_steps": 3, "dense_steps": 1}

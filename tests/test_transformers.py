@@ -33,12 +33,14 @@ def test_all_probes_greedy_equals_dense(loaded):
     head.use_flashhead = False
     dense = _run(model, tok)
     head.use_flashhead = True
-    default = head.flashhead.probes
-    head.flashhead.probes = head.flashhead.num_clusters
+    default, rule = head.flashhead.probes, head.flashhead.dense_above
+    head.flashhead.probes, head.flashhead.dense_above = head.flashhead.num_clusters, None
+    steps = head.flashhead.stats["flashhead_steps"]
     try:
         assert _run(model, tok) == dense      # batch of 2 with left padding, 16 greedy tokens
+        assert head.flashhead.stats["flashhead_steps"] >= steps + 16   # FlashHead ran, not the rule
     finally:
-        head.flashhead.probes = default
+        head.flashhead.probes, head.flashhead.dense_above = default, rule
 
 
 def test_sampling_reproducible_by_seed(loaded):
@@ -63,3 +65,22 @@ def test_nan_hidden_states_are_a_clear_error(loaded):
 def test_dense_flag_loads_plain_head(smollm2_flashhead_dir):
     model, _ = hf.load(smollm2_flashhead_dir, dense=True)
     assert isinstance(model.lm_head, torch.nn.Linear)
+
+
+def test_dense_rule_threshold_and_switch(smollm2_flashhead_dir, monkeypatch):
+    """transformers' dense rule on the CPU: dense above 1.0 x V stage-2 rows per step (measured
+    crossover, integrations/hf.py); FLASHHEAD_DENSE_RULE=0 keeps FlashHead at every batch size."""
+    model, _ = hf.load(smollm2_flashhead_dir)
+    head = model.lm_head.flashhead
+    assert head.dense_above == hf.CROSSOVER["cpu"]
+    rows = head.probes * head.cluster_size
+    n_dense = head.vocab // rows + 1                     # the smallest batch above the crossover
+    h = torch.randn(n_dense, model.config.hidden_size)
+    before = dict(head.stats)
+    model.lm_head(h[:1])
+    model.lm_head(h)
+    assert head.stats["flashhead_steps"] == before["flashhead_steps"] + 1
+    assert head.stats["dense_steps"] == before["dense_steps"] + 1
+    monkeypatch.setenv("FLASHHEAD_DENSE_RULE", "0")
+    model, _ = hf.load(smollm2_flashhead_dir)
+    assert model.lm_head.flashhead.dense_above is None

@@ -18,6 +18,15 @@ PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):",
 ENGINE = dict(kv_cache_memory_bytes=512 * 2**20, max_model_len=256, enforce_eager=True, seed=0, dtype="float32")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def flashhead_at_every_batch():
+    """FlashHead on every step: the dense rule would run the 8-prompt batches dense (SmolLM2:
+    8 x 357 x 16 rows > 0.125 V). The engine's processes inherit the environment."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLASHHEAD_DENSE_RULE", "0")
+        yield
+
+
 def _greedy(model_dir, monkeypatch=None, **kw):
     from vllm import LLM, SamplingParams
 

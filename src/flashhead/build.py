@@ -121,6 +121,21 @@ def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: 
     return h, what
 
 
+def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, device: str | None = None,
+              progress: bool = False) -> ClusterIndex:
+    """The clustering of head `weight` [V, d] fitted to hidden states h [N, d] (calibrate.py):
+    balanced k-means on W sigma_dir^(1/2), usage-weighted stage-1 vectors, spread per cluster."""
+    from .calibrate import Calibration, query_transform, token_weights, weighted_spread
+
+    cal = Calibration.from_hidden(weight, h)
+    clustering = balanced_kmeans(weight, config.cluster_size, config.iterations, config.seed, device=device,
+                                 progress=progress, metric="euclidean",
+                                 transform=query_transform(cal.sigma_dir), token_weights=token_weights(cal.usage))
+    spread = weighted_spread(weight, clustering.assignments, cal.sigma)
+    return ClusterIndex(config, clustering.assignments, clustering.centroids, spread, fingerprint(weight),
+                        build=clustering.stats)
+
+
 def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool = True,
           device: str | None = None, calibration="fortunes",
           positions: int = CALIBRATION_POSITIONS, target_agreement: float = TARGET_AGREEMENT,
@@ -134,7 +149,6 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
        head reaches `target_agreement` on the last quarter of the calibration text, held out
        from 1-2 (whole texts: positions of one text are too alike to test each other).
     """
-    from .calibrate import Calibration, query_transform, token_weights, weighted_spread
     from .evaluate import dense_top1_rank, smallest_probes
     from .head import FlashHead
 
@@ -162,22 +176,16 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     h, source_text = calibration_hidden(src, weight, calibration, positions, config.seed, device, progress)
     fit = h.shape[0] - h.shape[0] // 4
     held_out = h[fit:]
-    cal = Calibration.from_hidden(weight, h[:fit])
     t_cal = time.perf_counter()
-
-    clustering = balanced_kmeans(weight, config.cluster_size, config.iterations, config.seed, device=device,
-                                 progress=progress, metric="euclidean",
-                                 transform=query_transform(cal.sigma_dir), token_weights=token_weights(cal.usage))
-    spread = weighted_spread(weight, clustering.assignments, cal.sigma)
+    index = fit_index(weight, h[:fit], config, device, progress)
     t_cluster = time.perf_counter()
 
-    index = ClusterIndex(config, clustering.assignments, clustering.centroids, spread, fingerprint(weight))
     ranks = dense_top1_rank(FlashHead(weight, index, probes=1), held_out, weight)
     chosen = probes or smallest_probes(ranks, target_agreement)
     agreement = float((ranks < chosen).float().mean())
     index.config = dataclasses.replace(config, probes=chosen)
-    index.build = {**clustering.stats, "source": str(source),
-                   "calibration": {"text": source_text, "positions": cal.positions,
+    index.build = {**index.build, "source": str(source),
+                   "calibration": {"text": source_text, "positions": fit,
                                    "held_out_positions": held_out.shape[0],
                                    "target_agreement": None if probes else target_agreement,
                                    "held_out_agreement": agreement},

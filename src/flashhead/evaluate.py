@@ -24,7 +24,8 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
     sums = {p: dict.fromkeys(["agree", "contain1", "contain5", "tv1", "tv07", "nll"], 0.0) for p in probes}
     dense_nll = 0.0
     w = weight.float()
-    saved = head.probes
+    saved, rule = head.probes, head.dense_above
+    head.dense_above = None                  # measure FlashHead itself at every chunk size
     try:
         for s in range(0, H.shape[0], chunk):
             h, t = H[s:s + chunk], targets[s:s + chunk]
@@ -43,7 +44,7 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
                 acc["tv07"] += float(metrics.tv_distance(logits, dense, 0.7).sum())
                 acc["nll"] += float(metrics.nll(logits, t).sum())
     finally:
-        head.probes = saved
+        head.probes, head.dense_above = saved, rule
     n = H.shape[0]
     rows = []
     for p in probes:
@@ -53,7 +54,11 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
                      "tv_distance_t0.7": acc["tv07"] / n, "ppl_dense": math.exp(dense_nll / n),
                      "ppl_flashhead": math.exp(acc["nll"] / n),
                      **metrics.cost(head.vocab, head.hidden, head.num_clusters, head.cluster_size, p,
-                                    head.config.quantization, weight.dtype)})
+                                    head.config.quantization, weight.dtype),
+                     # the same step of the model served in bf16 (as on a GPU): the ratio to quote
+                     "bytes_fraction_bf16": metrics.cost(head.vocab, head.hidden, head.num_clusters,
+                                                         head.cluster_size, p, head.config.quantization,
+                                                         torch.bfloat16)["bytes_fraction"]})
     return rows
 
 
@@ -64,14 +69,15 @@ def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], n
     lm.use_flashhead = False
     dense = generate(model, tokenizer, prompts, max_new_tokens=new_tokens)["token_ids"]
     lm.use_flashhead = True
-    saved, out = lm.flashhead.probes, {}
+    saved, rule, out = lm.flashhead.probes, lm.flashhead.dense_above, {}
+    lm.flashhead.dense_above = None          # FlashHead at every probe count, not the dense rule
     try:
         for p in probes:
             lm.flashhead.probes = p
             flash = generate(model, tokenizer, prompts, max_new_tokens=new_tokens)["token_ids"]
             out[p] = sum(metrics.common_prefix(a, b) for a, b in zip(dense, flash)) / len(prompts)
     finally:
-        lm.flashhead.probes = saved
+        lm.flashhead.probes, lm.flashhead.dense_above = saved, rule
     return out
 
 

@@ -1,8 +1,9 @@
 """FlashHead: the retrieval head that replaces `logits = h @ W.T`.
 
 One decode step for hidden states h [N, d] (any leading dims are flattened):
-    stage 1   s = h @ C.T                   [N, K]   cluster scores (C: raw cluster means, so s is
-                                                     exactly each cluster's mean logit)
+    stage 1   s = h @ C.T                   [N, K]   cluster scores (C: the members' usage-weighted
+                                                     means, calibrate.py: s_k is the mean logit
+                                                     of the cluster's likely tokens)
     probe     top = topk(s, P)              [N, P]
     stage 2   z = h . W[block_ids[top]]     [N, P*cs] exact logits of the probed tokens
     greedy    block_ids[top][argmax z]      [N]      (fast path: no [N, V] tensor)
@@ -12,6 +13,8 @@ The head weight W is the model's own tensor (held by reference, never copied); t
 centroids, block ids and the estimate tables: a few percent of W.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -24,12 +27,18 @@ from .quant import Stage1
 
 _PATHS = {Kernel.TORCH: torch_ref, Kernel.CPU: cpu, Kernel.TRITON: triton_path}
 
-# The dense-head rule (off unless `dense_rule` is set; FlashHeadLMHead-style decode callers set
-# it): a step whose stage-2 rows N*P*cs exceed CROSSOVER[device] * V runs the dense head instead,
-# and `stats` counts it. Values from the measured crossover (docs/KERNELS.md): H100, Llama shape,
-# P=256: greedy crosses dense between 32 and 64 rows (1.0-2.0 V), logits near 24 rows (0.75 V);
-# CPU: a gathered row costs ~3.7x a streamed one (0.8 vs 0.22 µs), so ~0.27 V.
-CROSSOVER = {"cuda": 1.0, "cpu": 0.25}
+# The dense rule: a step whose stage-2 rows N*P*cs exceed `dense_above` * V runs the dense head
+# instead (counted in `stats`). Off in the core (None); each integration sets the crossover it
+# measured for its own dense head (integrations/hf.py, integrations/vllm/logits.py) unless the
+# environment says FLASHHEAD_DENSE_RULE=0.
+DENSE_RULE_ENV = "FLASHHEAD_DENSE_RULE"
+
+
+def dense_rule(crossover: dict, device: torch.device) -> float | None:
+    """An integration's `dense_above` for `device` from its measured {device type: fraction of V}."""
+    if os.environ.get(DENSE_RULE_ENV, "1") == "0":
+        return None
+    return crossover.get(device.type)
 
 
 class FlashHead(torch.nn.Module):
@@ -65,7 +74,7 @@ class FlashHead(torch.nn.Module):
         self.register_buffer("assignments32", index.assignments.int().to(weight.device), persistent=False)
         self.register_buffer("within32", within.to(weight.device), persistent=False)
         self.kernel = kernel
-        self.dense_rule = False
+        self.dense_above: float | None = None   # the dense rule (see DENSE_RULE_ENV); None: off
         self.stats = {"flashhead_steps": 0, "dense_steps": 0}
         self._workspace = {}   # CPU kernel buffers, grown to the largest step
         self.cuda_graphs = True           # eager CUDA calls replay a captured step (kernels/graphs.py)
@@ -120,10 +129,9 @@ class FlashHead(torch.nn.Module):
         return torch.minimum(scores, torch.nextafter(best, torch.full_like(best, float("-inf"))))
 
     def use_dense(self, n: int) -> bool:
-        """The documented crossover rule (only when `dense_rule` is on): dense when N*P*cs rows
-        exceed CROSSOVER[device] * V. Counted in `stats`."""
-        rows = n * self.probes * self.cluster_size
-        return self.dense_rule and rows > CROSSOVER.get(self.weight.device.type, 1.0) * self.vocab
+        """The dense rule: N positions score N*P*cs stage-2 rows; above `dense_above` * V the
+        dense head is cheaper. Counted in `stats`."""
+        return self.dense_above is not None and n * self.probes * self.cluster_size > self.dense_above * self.vocab
 
     def _flat(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[-1] != self.hidden:

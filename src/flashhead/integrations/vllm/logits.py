@@ -19,13 +19,17 @@ import torch
 
 from ...build import CACHE_KEY, read_head_weight
 from ...config import FlashHeadError
-from ...head import FlashHead
+from ...head import FlashHead, dense_rule
 from ...index import ClusterIndex, check_fingerprint
 from ... import kernels
 
 PROBES_KEY = "flash_head_probes"   # optional override, e.g. LLM(..., hf_overrides={PROBES_KEY: 64})
 ENV_ENABLED = "FLASHHEAD_ENABLED"
 _MILESTONES = {1, 10, 100, 1000, 10000, 100000}
+# The dense rule's crossover against vLLM's dense head (fraction of V in stage-2 rows per step).
+# CPU (oneDNN, bf16): Gemma-3-270M 1.29x faster at 0.031 V (batch 1), 0.90x at 0.25 V (batch 8)
+# -> 0.125; CUDA from the eager H200 head timings (docs/KERNELS.md), not measured inside vLLM.
+CROSSOVER = {"cpu": 0.125, "cuda": 0.25}
 
 
 def register_logits_processor() -> None:
@@ -88,11 +92,12 @@ def _make_class(base):
                 raise FlashHeadError("FlashHead does not support an output head with a bias")
             weight = lm_head.weight.detach()[: self.org_vocab_size]   # [V, d] view of vLLM's tensor
             head = FlashHead(weight, self._index, self._probes)
+            head.dense_above = dense_rule(CROSSOVER, weight.device)
             logger.info("FlashHead: model=%s vocab=%d clusters(K)=%d cluster_size=%d probes=%d "
-                        "quantization=%s kernel=%s dtype=%s", self._model, head.vocab,
-                        head.num_clusters, head.cluster_size, head.probes,
-                        head.config.quantization,
-                        kernels.resolve(head.kernel, weight.device).name, weight.dtype)
+                        "quantization=%s kernel=%s dtype=%s dense above %s of V per step", self._model,
+                        head.vocab, head.num_clusters, head.cluster_size, head.probes,
+                        head.config.quantization, kernels.resolve(head.kernel, weight.device).name,
+                        weight.dtype, head.dense_above)
             self._head = head
             return head
 
