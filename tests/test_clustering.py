@@ -42,3 +42,21 @@ def test_objective_beats_random_partition(smollm2_head):
     # the raw-mean centroid is exactly the mean of its members' rows
     members = smollm2_head[c.assignments == 7]
     torch.testing.assert_close(c.centroids[7], members.mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_calibrated_metric_and_token_weights():
+    """euclidean k-means in a transformed space keeps exact sizes; with token weights the stage-1
+    vector of a cluster is the weighted mean of its members' rows (so a heavy member pulls it)."""
+    w = _clustered_rows(v=2048 - 3)
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(64, 64, generator=g)
+    transform = a @ a.T / 64                            # symmetric positive definite
+    weights = torch.rand(w.shape[0], generator=g) + 0.01
+    c = balanced_kmeans(w, 16, iterations=2, progress=False, metric="euclidean", transform=transform,
+                        token_weights=weights)
+    k = -(-w.shape[0] // 16)
+    assert sorted(torch.bincount(c.assignments, minlength=k).tolist()) == [13] + [16] * (k - 1)
+    m = c.assignments == 5
+    want = (w[m] * weights[m, None]).sum(0) / weights[m].sum()
+    torch.testing.assert_close(c.centroids[5], want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(c.centroids[5], w[m].mean(0), atol=1e-3)

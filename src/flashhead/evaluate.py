@@ -144,21 +144,24 @@ def set_default_probes(model_dir, probes: int) -> None:
 
 
 def plot(result: dict, path) -> None:
-    """PNG: top-1 agreement and TV distance against bytes_fraction, one point per probe count."""
+    """PNG: top-1 agreement and TV distance against bytes_fraction (bf16), one point per probe
+    count, with the targets of docs/FIDELITY.md dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["results"]
-    x = [r["bytes_fraction"] for r in rows]
+    rows = sorted(result["results"], key=lambda r: r["probes"])
+    x = [r["bytes_fraction_bf16"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "top1_agreement", "greedy top-1 agreement"),
-                           (axes[1], "tv_distance", "TV distance to dense (T=1)")):
+    for ax, key, label, target in ((axes[0], "top1_agreement", "greedy top-1 agreement", 0.995),
+                                   (axes[1], "tv_distance", "TV distance to dense (T=1)", 0.03)):
         ax.plot(x, [r[key] for r in rows], "o-")
         for xi, r in zip(x, rows):
             ax.annotate(f"P={r['probes']}", (xi, r[key]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlabel("bytes read per step / dense head")
+        ax.axhline(target, color="gray", ls=":")
+        ax.axvline(0.125, color="gray", ls=":")
+        ax.set_xlabel("bytes read per step / dense head (bf16)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     name = Path(str(result.get("model", ""))).name

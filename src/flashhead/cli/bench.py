@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from . import int_list
+
 HELP = "time the dense head vs FlashHead (head step, decode tokens/s, build)"
 EPILOG = """examples:
   flashhead bench models/smollm2-flashhead --batch 1,4,16,64 --json
@@ -12,20 +14,11 @@ EPILOG = """examples:
 """
 
 
-def _ints(text: str) -> list[int]:
-    import argparse
-
-    try:
-        return [int(p) for p in text.split(",") if p]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def add_arguments(p):
     p.add_argument("model_dir", nargs="?", help="a FlashHead model directory")
     p.add_argument("--random-head", default=None, metavar="VxD",
                    help="instead of a model: head-level timing of a random V x D head (e.g. 128256x2048)")
-    p.add_argument("--batch", type=_ints, default=[1, 4, 16, 64], help="batch sizes (default 1,4,16,64)")
+    p.add_argument("--batch", type=int_list, default=[1, 4, 16, 64], help="batch sizes (default 1,4,16,64)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--probes", type=int, default=None, help="probe count (default: the model's)")

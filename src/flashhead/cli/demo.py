@@ -23,18 +23,10 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def run(args):
     from ..build import build
     from ..config import FlashHeadError
+    from ..metrics import common_prefix
     from ..generation import generate
     from ..index import ASSETS_DIR, ClusterIndex
     from ..integrations import hf
@@ -60,7 +52,7 @@ def run(args):
     for i, prompt in enumerate(prompts):
         d, f = runs["dense"], runs["flashhead"]
         rows.append({"prompt": prompt, "dense": d["texts"][i], "flashhead": f["texts"][i],
-                     "identical_prefix_tokens": _common_prefix(d["token_ids"][i], f["token_ids"][i]),
+                     "identical_prefix_tokens": common_prefix(d["token_ids"][i], f["token_ids"][i]),
                      "new_tokens": max(d["new_tokens"][i], f["new_tokens"][i])})
     summary = {"model": args.model, "model_dir": str(out), "probes": model.lm_head.flashhead.probes,
                "clusters": model.lm_head.flashhead.num_clusters,

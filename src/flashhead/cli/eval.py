@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from . import int_list
+
 HELP = "measure fidelity to the dense head on real text (agreement, TV, perplexity, bytes)"
 EPILOG = """examples:
   flashhead eval models/smollm2-flashhead --probes 16,64,256 --json
@@ -11,20 +13,11 @@ EPILOG = """examples:
 """
 
 
-def _probe_list(text: str) -> list[int]:
-    import argparse
-
-    try:
-        return [int(p) for p in text.split(",") if p]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def add_arguments(p):
     p.add_argument("model_dir", help="a FlashHead model directory")
     p.add_argument("--text", action="append", default=[], help="also evaluate on this text file (repeatable)")
     p.add_argument("--no-corpus", action="store_true", help="only the --text files, not the built-in corpus")
-    p.add_argument("--probes", type=_probe_list, default=None, help="probe counts, e.g. 64,256,1024 (default: the model's)")
+    p.add_argument("--probes", type=int_list, default=None, help="probe counts, e.g. 64,256,1024 (default: the model's)")
     p.add_argument("--max-positions", type=int, default=4096, help="teacher-forced positions (default %(default)s)")
     p.add_argument("--prompts", type=int, default=8, help="free-running generations compared (default %(default)s)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens per generation (default %(default)s)")
