@@ -65,6 +65,31 @@ def check():
     return all(r[-1] for r in rows)
 
 
+def check_topk():
+    """The top-P kernel against torch.topk's threshold: same selected set (ties: lowest ids first)."""
+    from flashhead.kernels import triton_kernels as tk
+    ok = True
+    for k, p in ((8016, 256), (9496, 256), (16384, 509), (3000, 1), (3000, 3000)):
+        for kind in ("randn", "ties", "lognormal"):
+            s = torch.randn(16, k, device="cuda")
+            if kind == "ties":
+                s = (s * 4).round() / 4               # many exact ties at the threshold
+            elif kind == "lognormal":
+                s = s.exp() * 1e3 - 5
+            thr = s.topk(p, 1).values[:, -1:]
+            gt = s > thr
+            eq = (s == thr) & ((s == thr).cumsum(1) <= p - gt.sum(1, keepdim=True))
+            want = gt | eq
+            top, slot, _ = tk.topk(s, p)
+            got = torch.zeros_like(want).scatter_(1, top.long(), True)
+            same = torch.equal(got, want) and torch.equal(slot >= 0, want)
+            ok &= same
+            if not same:
+                print(f"topk MISMATCH K={k} P={p} {kind}")
+    print("top-P selections equal torch.topk's" if ok else "top-P selections DIFFER from torch.topk's")
+    return ok
+
+
 def graph_time(fn, flush):
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -141,13 +166,13 @@ def sweep():
     for bk, bd, ns in ((32, 128, 4), (16, 128, 4), (16, 256, 4), (32, 256, 3), (64, 128, 4)):
         print(f"stage1 block_k={bk} block_d={bd} stages={ns}: {graph_time(lambda: tk.stage1(h, q, sc, bk, bd, ns), flush):.1f}")
     s = tk.stage1(h, q, sc)
-    for key32 in (False, True):
-        for nw in (4, 8, 16):
-            print(f"topk num_warps={nw} key32={key32}: {graph_time(lambda: tk.topk(s, head.probes, nw, key32), flush):.1f}")
+    for nw in (4, 8, 16):
+        print(f"topk num_warps={nw}: {graph_time(lambda: tk.topk(s, head.probes, nw), flush):.1f}")
     for kk in (9496, 16384):   # Qwen3-0.6B's and Gemma-3-1B's K: blocks of 16,384 lanes
-        s16 = torch.randn(1, kk, device="cuda")
+        s16 = torch.randn(16, kk, device="cuda")
         for nw in (8, 16, 32):
-            print(f"topk K={kk} num_warps={nw}: {graph_time(lambda: tk.topk(s16, 256, nw), flush):.1f}")
+            for n in (1, 16):
+                print(f"topk K={kk} N={n} num_warps={nw}: {graph_time(lambda: tk.topk(s16[:n], 256, nw), flush):.1f}")
     print(f"torch.topk: {graph_time(lambda: s.topk(head.probes, dim=1, sorted=False), flush):.1f}")
     top, slot, b = tk.topk(s, head.probes)
     for cpb, bd, nw in ((1, 512, 4), (1, 1024, 4), (1, 1024, 8), (1, 2048, 8), (1, 2048, 16), (2, 512, 4),
@@ -163,7 +188,7 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     if "--sweep" in sys.argv:
         sweep()
-    ok = check()
+    ok = check_topk() and check()
     print("ALL CORRECT" if ok else "MISMATCH")
     if "--check-only" not in sys.argv:
         with torch.inference_mode():

@@ -104,6 +104,20 @@ def test_triton_equals_reference(quant, dtype):
 
 
 @cuda
+@pytest.mark.parametrize("k,p", [(8016, 256), (9496, 1), (3000, 3000)])
+def test_triton_top_p_selects_the_p_largest_with_ties(k, p):
+    from flashhead.kernels import triton_kernels as tk
+
+    s = (torch.randn(8, k, device="cuda") * 4).round() / 4       # many exact ties at the threshold
+    thr = s.topk(p, 1).values[:, -1:]
+    gt, eq = s > thr, s == thr
+    want = gt | (eq & (eq.cumsum(1) <= p - gt.sum(1, keepdim=True)))   # ties: lowest cluster ids first
+    top, slot, _ = tk.topk(s, p)
+    assert torch.equal(torch.zeros_like(want).scatter_(1, top.long(), True), want)
+    assert torch.equal(slot >= 0, want)
+
+
+@cuda
 def test_all_probed_triton_equals_dense():
     w, head = _head(device="cuda", dtype=torch.bfloat16)
     head.probes, head.kernel = head.num_clusters, Kernel.TRITON

@@ -19,12 +19,12 @@ import triton.language as tl
 INT64_MIN = -(2 ** 63)
 # Launch configurations of the decode step (triton_path.py), from `benchmarks/kernels_gpu.py
 # --sweep` on an H200 (docs/KERNELS.md): stage 2 with 1 cluster x 1024 columns per program and
-# 4 warps 13.5 µs (512 columns 16.0, 2048 columns 16.6); top-P on int32 keys 20.7 µs (int64 23.2).
-TUNED = {"topk": dict(key32=True),
-         "stage2": dict(cpb=1, block_d=1024, num_warps=4)}
-# Top-P warps per block of clusters (lanes = K rounded up to a power of 2). Measured: 8192 lanes
-# 4/8/16 warps 22.1/20.7/22.0 µs; 16384 lanes (K = 9,496 / 16,384) 8 warps 56.2/31.7, 16 warps
-# 42.5/33.2, 32 warps 53.0/37.8.
+# 4 warps 13.2 µs (512 columns 15.9, 2048 columns 16.5).
+TUNED = {"stage2": dict(cpb=1, block_d=1024, num_warps=4)}
+# Top-P warps per block of clusters (lanes = K rounded up to a power of 2). Measured, Llama
+# shape (8192 lanes), value bisection: 4/8/16 warps 16.1/14.6/14.8 µs (the earlier 32-round key
+# bisection: 22.1/20.6/21.9); 16384 lanes (K = 9,496 / 16,384), key bisection: 8 warps 56.2/31.7,
+# 16 warps 42.5/33.2, 32 warps 53.0/37.8.
 TOPK_WARPS = {8192: 8, 16384: 16}
 
 
@@ -59,29 +59,34 @@ def _stage1_kernel(H, C, SCALE, S, N, K, D, stride_h, stride_c, stride_s,
 
 
 @triton.jit
-def _topk_kernel(S, TOP, SLOT, BEST, K, P, stride_s, BLOCK: tl.constexpr, KEY32: tl.constexpr):
+def _key_value(k):
+    # inverse of _order_key: int32 key -> the fp32 value it orders
+    return tl.where(k < 0, k ^ 0x7FFFFFFF, k).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _topk_kernel(S, TOP, SLOT, BEST, K, P, stride_s, BLOCK: tl.constexpr):
     n = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     m = offs < K
     key = _order_key(tl.load(S + n * stride_s + offs, mask=m, other=0.0))
     key = tl.where(m, key, -2147483648)
-    if not KEY32:
-        key = key.to(tl.int64)
-    # bisection for t = the P-th largest key: the largest t with count(key >= t) >= P
-    lo = tl.full((), -2147483648, tl.int64)
-    hi = tl.full((), 2147483647, tl.int64)
-    for _ in range(32):
-        mid = (lo + hi + 1) >> 1
-        if KEY32:
-            take = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= P
-        else:
-            take = tl.sum((key >= mid).to(tl.int32), 0) >= P
+    # t = the P-th largest key (the largest t with count(key >= t) >= P), by bisection between
+    # the row's min and max with pivots at the midpoint in value space, stopping as soon as
+    # exactly P keys lie at or above the pivot (~14 block-wide counts instead of 32 over all
+    # 2^32 keys). Invariants: count(key >= lo) >= P > count(key > hi); each pivot lies in
+    # [lo + 1, hi], so the bracket shrinks every round.
+    lo = tl.min(tl.where(m, key, 2147483647), 0)
+    hi = tl.max(key, 0)
+    while lo < hi:
+        vlo = _key_value(lo)
+        mid = _order_key(vlo + (_key_value(hi) - vlo) * 0.5)
+        mid = tl.minimum(tl.maximum(mid, lo + 1), hi)
+        c = tl.sum((key >= mid).to(tl.int32), 0)
+        take = c >= P
         lo = tl.where(take, mid, lo)
-        hi = tl.where(take, hi, mid - 1)
-    if KEY32:
-        t = lo.to(tl.int32)
-    else:
-        t = lo
+        hi = tl.where(take, tl.where(c == P, mid, hi), mid - 1)
+    t = lo
     gt = (key > t) & m
     eq = (key == t) & m
     n_gt = tl.sum(gt.to(tl.int32), 0)
@@ -151,7 +156,7 @@ def stage1(h: torch.Tensor, c: torch.Tensor, scale: torch.Tensor | None, block_k
     return s
 
 
-def topk(scores: torch.Tensor, p: int, num_warps: int | None = None, key32: bool = True):
+def topk(scores: torch.Tensor, p: int, num_warps: int | None = None):
     """scores [N, K] fp32 -> top [N, P] int32, slot [N, K] int32, best [N] int64 (reset)."""
     n, k = scores.shape
     block = triton.next_power_of_2(k)
@@ -160,7 +165,7 @@ def topk(scores: torch.Tensor, p: int, num_warps: int | None = None, key32: bool
     slot = torch.empty(n, k, device=scores.device, dtype=torch.int32)
     best = torch.empty(n, device=scores.device, dtype=torch.int64)
     _topk_kernel[(n,)](scores, top, slot, best, k, p, scores.stride(0), BLOCK=block,
-                       KEY32=key32, num_warps=num_warps)
+                       num_warps=num_warps)
     return top, slot, best
 
 

@@ -20,7 +20,7 @@ def stage1(head, h: torch.Tensor) -> torch.Tensor:
 def _run(head, h: torch.Tensor):
     tk = _tk()
     scores = stage1(head, h)                                           # [N, K] fp32
-    top, slot, best = tk.topk(scores, head.probes, **tk.TUNED["topk"])  # [N, P], [N, K], [N]
+    top, slot, best = tk.topk(scores, head.probes)  # [N, P], [N, K], [N]
     z = tk.stage2(h, head.weight, head.block_ids32, top, best, **tk.TUNED["stage2"])  # [N, P*cs]
     return scores, top, slot, best, z
 
