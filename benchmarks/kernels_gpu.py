@@ -163,8 +163,15 @@ def sweep():
     print(f"stage1 torch bf16 matmul (bf16 centroids): {graph_time(lambda: h @ head.stage1.q.bfloat16().T, flush):.1f}")
     tiny = torch.zeros(1, device="cuda")
     print(f"null (a one-element fill in a graph): {graph_time(lambda: tiny.fill_(1.0), flush):.1f}")
-    for bk, bd, ns in ((32, 128, 4), (16, 128, 4), (16, 256, 4), (32, 256, 3), (64, 128, 4)):
-        print(f"stage1 block_k={bk} block_d={bd} stages={ns}: {graph_time(lambda: tk.stage1(h, q, sc, bk, bd, ns), flush):.1f}")
+    for bk in (16, 32, 64, 128):
+        for bd in (128, 256, 512):
+            for ns in (2, 3, 4, 5):
+                for nw in (4, 8):
+                    cfg = dict(block_k=bk, block_d=bd, num_stages=ns, num_warps=nw)
+                    try:
+                        keep("stage1", graph_time(lambda: tk.stage1(h, q, sc, **cfg), flush), cfg, f"stage1 {cfg}")
+                    except Exception as e:  # out of shared memory / registers
+                        print(f"stage1 {cfg}: {type(e).__name__}")
     s = tk.stage1(h, q, sc)
     for nw in (4, 8, 16):
         print(f"topk num_warps={nw}: {graph_time(lambda: tk.topk(s, head.probes, nw), flush):.1f}")
@@ -175,10 +182,12 @@ def sweep():
                 print(f"topk K={kk} N={n} num_warps={nw}: {graph_time(lambda: tk.topk(s16[:n], 256, nw), flush):.1f}")
     print(f"torch.topk: {graph_time(lambda: s.topk(head.probes, dim=1, sorted=False), flush):.1f}")
     top, slot, b = tk.topk(s, head.probes)
-    for cpb, bd, nw in ((1, 512, 4), (1, 1024, 4), (1, 1024, 8), (1, 2048, 8), (1, 2048, 16), (2, 512, 4),
-                        (2, 1024, 8), (4, 512, 8), (4, 1024, 16)):
-        cfg = dict(cpb=cpb, block_d=bd, num_warps=nw)
-        keep("stage2", graph_time(lambda: tk.stage2(h, w, head.block_ids32, top, b, **cfg), flush), cfg, f"stage2 {cfg}")
+    for cpb, bd, nw in ((1, 256, 2), (1, 512, 2), (1, 512, 4), (1, 1024, 4), (1, 1024, 8), (1, 2048, 8),
+                        (2, 512, 4), (2, 1024, 8)):
+        for ns in (1, 2, 3, 4):
+            cfg = dict(cpb=cpb, block_d=bd, num_warps=nw, num_stages=ns)
+            keep("stage2", graph_time(lambda: tk.stage2(h, w, head.block_ids32, top, b, **cfg), flush), cfg,
+                 f"stage2 {cfg}")
     for name, (t, cfg) in best.items():
         tk.TUNED[name] = cfg
         print(f"best {name}: {cfg} {t:.1f} µs")

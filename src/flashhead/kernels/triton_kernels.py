@@ -18,9 +18,11 @@ import triton.language as tl
 
 INT64_MIN = -(2 ** 63)
 # Launch configurations of the decode step (triton_path.py), from `benchmarks/kernels_gpu.py
-# --sweep` on an H200 (docs/KERNELS.md): stage 2 with 1 cluster x 1024 columns per program and
-# 4 warps 13.2 µs (512 columns 15.9, 2048 columns 16.5).
-TUNED = {"stage2": dict(cpb=1, block_d=1024, num_warps=4)}
+# --sweep` on an H200 (docs/KERNELS.md), Llama shape, N=1: stage 1 over 96 configurations, best
+# 12.4 µs (the earlier 32 x 128, 4 stages: 13.2); stage 2 with 1 cluster x 1024 columns per
+# program and 4 warps 13.3 µs (512 columns 15.9, 2048 columns 16.5; pipeline stages 1-4 equal).
+TUNED = {"stage1": dict(block_k=64, block_d=256, num_stages=4, num_warps=4),   # decode: N <= 16
+         "stage2": dict(cpb=1, block_d=1024, num_warps=4)}
 # Top-P warps per block of clusters (lanes = K rounded up to a power of 2). Measured, Llama
 # shape (8192 lanes), value bisection: 4/8/16 warps 16.1/14.6/14.8 µs (the earlier 32-round key
 # bisection: 22.1/20.6/21.9); 16384 lanes (K = 9,496 / 16,384), key bisection: 8 warps 56.2/31.7,
@@ -139,7 +141,7 @@ def _logits_kernel(EST, SLOT, Z, ASSIGN, WITHIN, OUT, V, K, P,
 # ---- launch wrappers (shapes in comments; all outputs allocated here, graph-safe) -------------
 
 def stage1(h: torch.Tensor, c: torch.Tensor, scale: torch.Tensor | None, block_k: int | None = None,
-           block_d: int = 128, num_stages: int = 4) -> torch.Tensor:
+           block_d: int = 128, num_stages: int = 4, num_warps: int = 4) -> torch.Tensor:
     """h [N, d], c [K, d] (float or int8), scale [K] fp32 or None -> scores [N, K] fp32."""
     n, d = h.shape
     k = c.shape[0]
@@ -152,7 +154,7 @@ def stage1(h: torch.Tensor, c: torch.Tensor, scale: torch.Tensor | None, block_k
     grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
     _stage1_kernel[grid](h, c, scale if scale is not None else s, s, n, k, d, h.stride(0), c.stride(0),
                          s.stride(0), HAS_SCALE=scale is not None, IEEE=h.dtype == torch.float32,
-                         BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=4, num_stages=num_stages)
+                         BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=num_warps, num_stages=num_stages)
     return s
 
 
@@ -170,7 +172,8 @@ def topk(scores: torch.Tensor, p: int, num_warps: int | None = None):
 
 
 def stage2(h: torch.Tensor, weight: torch.Tensor, block_ids: torch.Tensor, top: torch.Tensor,
-           best: torch.Tensor, cpb: int = 1, block_d: int = 512, num_warps: int = 4) -> torch.Tensor:
+           best: torch.Tensor, cpb: int = 1, block_d: int = 512, num_warps: int = 4,
+           num_stages: int = 3) -> torch.Tensor:
     """h [N, d], weight [V, d], block_ids [K, cs] int32, top [N, P] -> z [N, P*cs] fp32; best updated."""
     n, p = top.shape
     cs = block_ids.shape[1]
@@ -179,7 +182,8 @@ def stage2(h: torch.Tensor, weight: torch.Tensor, block_ids: torch.Tensor, top: 
     z = torch.empty(n, p * cs, device=h.device, dtype=torch.float32)
     grid = (n, triton.cdiv(p, cpb))
     _stage2_kernel[grid](h, weight, block_ids, top, z, best, p, d, h.stride(0), weight.stride(0),
-                         CS=cs, CPB=cpb, BLOCK_D=min(block_d, triton.next_power_of_2(d)), num_warps=num_warps)
+                         CS=cs, CPB=cpb, BLOCK_D=min(block_d, triton.next_power_of_2(d)), num_warps=num_warps,
+                         num_stages=num_stages)
     return z
 
 

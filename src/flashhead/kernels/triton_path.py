@@ -14,7 +14,7 @@ def stage1(head, h: torch.Tensor) -> torch.Tensor:
     if st.bits == 4:
         return st(h)  # int4: dequantizing reference (no fused int4 kernel yet)
     c, scale = (st.centroids, None) if st.bits is None else (st.q, st.scale)
-    return tk.stage1(h, c, scale)
+    return tk.stage1(h, c, scale, **(tk.TUNED["stage1"] if h.shape[0] <= 16 else {}))
 
 
 def _run(head, h: torch.Tensor):
