@@ -112,7 +112,11 @@ def _make_class(base):
             if self._index is None:
                 return super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
             head = self._head or self._build(lm_head, embedding_bias)
-            logits = head(hidden_states)            # [N, V] fp32: exact on probed tokens
+            if head.use_dense(hidden_states.numel() // hidden_states.shape[-1]):
+                head.stats["dense_steps"] += 1      # the dense rule: vLLM's own dense head
+                logits = super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
+            else:
+                logits = head(hidden_states)        # [N, V] fp32: exact on probed tokens
             self._count()
             return logits
 
@@ -120,6 +124,9 @@ def _make_class(base):
             if self._index is None or self.scale <= 0.0 or self.soft_cap is not None:
                 return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
             head = self._head or self._build(lm_head, embedding_bias)
+            if head.use_dense(hidden_states.numel() // hidden_states.shape[-1]):
+                head.stats["dense_steps"] += 1
+                return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
             ids = head.greedy(hidden_states)        # [N] greedy fast path (no full logits)
             self._count()
             return ids
