@@ -21,8 +21,12 @@ INT64_MIN = -(2 ** 63)
 # --sweep` on an H200 (docs/KERNELS.md), Llama shape, N=1: stage 1 over 96 configurations, best
 # 12.4 µs (the earlier 32 x 128, 4 stages: 13.2); stage 2 with 1 cluster x 1024 columns per
 # program and 4 warps 13.3 µs (512 columns 15.9, 2048 columns 16.5; pipeline stages 1-4 equal).
-TUNED = {"stage1": dict(block_k=64, block_d=256, num_stages=4, num_warps=4),   # decode: N <= 16
-         "stage2": dict(cpb=1, block_d=1024, num_warps=4)}
+TUNED = {"stage1": dict(block_k=64, block_d=256, num_stages=4, num_warps=4),   # int8, N <= 16
+         "stage2": dict(cpb=1, block_d=1024, num_warps=4),
+         # N >= 8 rows: 512 columns and 2 warps per program, 78.8 µs at N=16 (1024 columns and
+         # 4 warps: 88.4), 48.7 at N=8 (55.0); at N=1 it is 14.5 vs 13.4 µs
+         # (docs/bench/kernels-gpu-h200-stage2-batch.log)
+         "stage2_batch": dict(cpb=1, block_d=512, num_warps=2)}
 # Top-P warps per block of clusters (lanes = K rounded up to a power of 2). Measured, Llama
 # shape (8192 lanes), value bisection: 4/8/16 warps 16.1/14.6/14.8 µs (the earlier 32-round key
 # bisection: 22.1/20.6/21.9); 16384 lanes (K = 9,496 / 16,384), key bisection: 8 warps 56.2/31.7,

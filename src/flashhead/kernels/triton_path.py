@@ -14,14 +14,18 @@ def stage1(head, h: torch.Tensor) -> torch.Tensor:
     if st.bits == 4:
         return st(h)  # int4: dequantizing reference (no fused int4 kernel yet)
     c, scale = (st.centroids, None) if st.bits is None else (st.q, st.scale)
-    return tk.stage1(h, c, scale, **(tk.TUNED["stage1"] if h.shape[0] <= 16 else {}))
+    # the tuned launch was swept for int8 tables at decode sizes; its shared memory (4 stages of
+    # 64 x 256 elements) does not fit wider centroid dtypes
+    tuned = st.bits == 8 and h.shape[0] <= 16
+    return tk.stage1(h, c, scale, **(tk.TUNED["stage1"] if tuned else {}))
 
 
 def _run(head, h: torch.Tensor):
     tk = _tk()
     scores = stage1(head, h)                                           # [N, K] fp32
     top, slot, best = tk.topk(scores, head.probes)  # [N, P], [N, K], [N]
-    z = tk.stage2(h, head.weight, head.block_ids32, top, best, **tk.TUNED["stage2"])  # [N, P*cs]
+    launch = tk.TUNED["stage2" if h.shape[0] < 8 else "stage2_batch"]
+    z = tk.stage2(h, head.weight, head.block_ids32, top, best, **launch)  # [N, P*cs]
     return scores, top, slot, best, z
 
 
