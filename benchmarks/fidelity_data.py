@@ -1,6 +1,6 @@
 """Hidden states of a real model for the fidelity experiments, cached once per model.
 
-    python benchmarks/fidelity_data.py smollm2-135m [--eval 8192 --cal 16384 --self 16384]
+    python benchmarks/fidelity_data.py [smollm2-135m gemma-3-270m] [--eval 8192 --cal 16384 --self 16384]
 
     eval_h, eval_y   teacher-forced on the held-out split of Debian's fortunes (corpus.load("eval"))
     cal_h,  cal_y    teacher-forced on the calibration split (corpus.load("calibration"))
@@ -35,22 +35,14 @@ def python_docs() -> list[str]:
             if len(p.strip()) >= 80]
 
 
-def main():
+def collect(model_name: str, a) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from flashhead import corpus, hidden
     from flashhead.sources import resolve
 
-    p = argparse.ArgumentParser()
-    p.add_argument("model")
-    p.add_argument("--eval", type=int, default=8192)
-    p.add_argument("--cal", type=int, default=16384)
-    p.add_argument("--self", dest="self_", type=int, default=16384)
-    p.add_argument("--docs", type=int, default=16384)
-    a = p.parse_args()
-    torch.set_num_threads(2)
-    d = resolve(a.model)
+    d = resolve(model_name)
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     out = {"head": model.get_output_embeddings().weight.detach().float().contiguous()}
@@ -60,11 +52,24 @@ def main():
                      ("docs", lambda: hidden.teacher_forced(model, tok, python_docs(), a.docs))):
         t = time.time()
         out[f"{name}_h"], out[f"{name}_y"] = (x.contiguous() for x in fn())
-        print(name, tuple(out[f"{name}_h"].shape), f"{time.time() - t:.0f} s", flush=True)
-    path = out_path(a.model)
+        print(model_name, name, tuple(out[f"{name}_h"].shape), f"{time.time() - t:.0f} s", flush=True)
+    path = out_path(model_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(out, str(path))
     print("wrote", path)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("models", nargs="*", default=["smollm2-135m", "gemma-3-270m"])
+    p.add_argument("--eval", type=int, default=8192)
+    p.add_argument("--cal", type=int, default=16384)
+    p.add_argument("--self", dest="self_", type=int, default=16384)
+    p.add_argument("--docs", type=int, default=16384)
+    a = p.parse_args()
+    torch.set_num_threads(2)
+    for m in a.models:
+        collect(m, a)
 
 
 if __name__ == "__main__":
