@@ -52,16 +52,12 @@ def test_smallest_probes_reaches_target(smol):
         head.probes = q
         return float((head.greedy(H) == dense).float().mean())
 
-    saved = head.probes, head.dense_above
-    head.dense_above = None  # measure FlashHead itself: 96 rows x P clusters would take the dense rule
-    try:
+    with head.flashhead_only():  # FlashHead itself: 96 rows x P clusters would take the dense rule
         # clusters tied with the dense top-1 cluster count against it, so the ranks give a lower
         # bound on the real agreement, reached at p; one probe fewer it may gain only those ties
         for q in (p // 2, p - 1, p):
             assert agreement(q) >= float((ranks < q).float().mean())
         assert agreement(p) >= 0.95 and agreement(max(p // 2, 1)) < 0.95
-    finally:
-        head.probes, head.dense_above = saved
 
 
 def test_cli_eval_json_plot_and_write_default(smollm2_flashhead_dir, tmp_path, capsys):

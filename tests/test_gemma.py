@@ -25,6 +25,6 @@ def test_all_probes_greedy_equals_dense(gemma):
     head.use_flashhead = False
     dense = generate(model, tok, prompts, max_new_tokens=24)["token_ids"]
     head.use_flashhead = True
-    head.flashhead.probes, head.flashhead.dense_above = head.flashhead.num_clusters, None
-    assert generate(model, tok, prompts, max_new_tokens=24)["token_ids"] == dense
+    with head.flashhead.flashhead_only(head.flashhead.num_clusters):
+        assert generate(model, tok, prompts, max_new_tokens=24)["token_ids"] == dense
     assert tok("a")["input_ids"][0] == tok.bos_token_id  # the GGUF's add-BOS rule survived conversion

@@ -92,6 +92,11 @@ def test_dense_rule_is_counted():
     torch.testing.assert_close(head(h), h @ w.T)    # exact everywhere: the dense head
     assert torch.equal(head.greedy(h[:1]), head.greedy(h[:1]))
     assert head.stats == {"flashhead_steps": 3, "dense_steps": 1}
+    with head.flashhead_only(probes=3):            # measuring FlashHead itself: rule off, probes set
+        head(h)
+        assert head.probes == 3
+    assert head.stats == {"flashhead_steps": 4, "dense_steps": 1}
+    assert head.probes == 7 and head.dense_above == 1.0   # both restored
 
 
 @cuda

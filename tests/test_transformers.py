@@ -33,14 +33,10 @@ def test_all_probes_greedy_equals_dense(loaded):
     head.use_flashhead = False
     dense = _run(model, tok)
     head.use_flashhead = True
-    default, rule = head.flashhead.probes, head.flashhead.dense_above
-    head.flashhead.probes, head.flashhead.dense_above = head.flashhead.num_clusters, None
     steps = head.flashhead.stats["flashhead_steps"]
-    try:
+    with head.flashhead.flashhead_only(head.flashhead.num_clusters):
         assert _run(model, tok) == dense      # batch of 2 with left padding, 16 greedy tokens
         assert head.flashhead.stats["flashhead_steps"] >= steps + 16   # FlashHead ran, not the rule
-    finally:
-        head.flashhead.probes, head.flashhead.dense_above = default, rule
 
 
 def test_sampling_reproducible_by_seed(loaded):

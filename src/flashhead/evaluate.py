@@ -24,9 +24,7 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
     sums = {p: dict.fromkeys(["agree", "contain1", "contain5", "tv1", "tv07", "nll"], 0.0) for p in probes}
     dense_nll = 0.0
     w = weight.float()
-    saved, rule = head.probes, head.dense_above
-    head.dense_above = None                  # measure FlashHead itself at every chunk size
-    try:
+    with head.flashhead_only():              # measure FlashHead itself at every chunk size
         for s in range(0, H.shape[0], chunk):
             h, t = H[s:s + chunk], targets[s:s + chunk]
             dense = h @ w.T                                               # [n, V]
@@ -43,8 +41,6 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
                 acc["tv1"] += float(metrics.tv_distance(logits, dense, 1.0).sum())
                 acc["tv07"] += float(metrics.tv_distance(logits, dense, 0.7).sum())
                 acc["nll"] += float(metrics.nll(logits, t).sum())
-    finally:
-        head.probes, head.dense_above = saved, rule
     n = H.shape[0]
     rows = []
     for p in probes:
@@ -69,15 +65,11 @@ def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], n
     lm.use_flashhead = False
     dense = generate(model, tokenizer, prompts, max_new_tokens=new_tokens)["token_ids"]
     lm.use_flashhead = True
-    saved, rule, out = lm.flashhead.probes, lm.flashhead.dense_above, {}
-    lm.flashhead.dense_above = None          # FlashHead at every probe count, not the dense rule
-    try:
-        for p in probes:
-            lm.flashhead.probes = p
+    out = {}
+    for p in probes:                         # FlashHead at every probe count, not the dense rule
+        with lm.flashhead.flashhead_only(p):
             flash = generate(model, tokenizer, prompts, max_new_tokens=new_tokens)["token_ids"]
-            out[p] = sum(metrics.common_prefix(a, b) for a, b in zip(dense, flash)) / len(prompts)
-    finally:
-        lm.flashhead.probes, lm.flashhead.dense_above = saved, rule
+        out[p] = sum(metrics.common_prefix(a, b) for a, b in zip(dense, flash)) / len(prompts)
     return out
 
 

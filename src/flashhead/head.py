@@ -14,6 +14,7 @@ centroids, block ids and the estimate tables: a few percent of W.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -132,6 +133,19 @@ class FlashHead(torch.nn.Module):
         """The dense rule: N positions score N*P*cs stage-2 rows; above `dense_above` * V the
         dense head is cheaper. Counted in `stats`."""
         return self.dense_above is not None and n * self.probes * self.cluster_size > self.dense_above * self.vocab
+
+    @contextlib.contextmanager
+    def flashhead_only(self, probes: int | None = None):
+        """FlashHead at every batch size (the dense rule off), at `probes` if given; both restored
+        on exit. For measuring FlashHead itself (eval, bench, tests)."""
+        saved = self._probes, self.dense_above
+        self.dense_above = None
+        try:
+            if probes is not None:
+                self.probes = probes
+            yield self
+        finally:
+            self._probes, self.dense_above = saved
 
     def _flat(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[-1] != self.hidden:

@@ -69,6 +69,5 @@ def run(args):
         d = result["decode"]
         print(f"decode ({d['prompt_tokens']} prompt tokens, {d['new_tokens']} new, greedy): dense "
               f"{d['dense_tok_s']:.1f} tok/s, FlashHead {d['flashhead_tok_s']:.1f} tok/s, x{d['speedup']:.2f}")
-    if "build" in result:
-        sec = result["build"]["seconds"]
-        print(f"build: {sec['total'] if isinstance(sec, dict) else sec:.1f} s")
+    if result.get("build", {}).get("seconds"):   # directories built before the record have none
+        print(f"build: {result['build']['seconds']['total']:.1f} s")

@@ -24,7 +24,7 @@ from ..index import ClusterIndex
 
 # The dense rule's crossover for transformers' dense head (fraction of V in stage-2 rows per step):
 # CPU fp32, Gemma-3-270M, FlashHead still 2.9x faster at 0.5 V (batch 16) -> 1.0; H200 bf16,
-# eager, Llama-3.2-1B shape: logits 1.44x faster at 0.13 V, 0.86x at 0.5 V -> 0.25 (docs/KERNELS.md).
+# eager, Llama-3.2-1B shape: logits 1.44x faster at 0.13 V, 0.92x at 0.5 V -> 0.25 (docs/KERNELS.md).
 CROSSOVER = {"cpu": 1.0, "cuda": 0.25}
 
 

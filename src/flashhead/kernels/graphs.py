@@ -19,9 +19,6 @@ class GraphCache:
         self._graphs: dict = {}
         self._pool = None
 
-    def clear(self) -> None:
-        self._graphs.clear()
-
     def run(self, key, fn, h: torch.Tensor) -> torch.Tensor:
         """fn(h) through the graph captured for `key` (captured on first use)."""
         if torch.cuda.is_current_stream_capturing():
