@@ -75,7 +75,7 @@ for m in models:
     sec = b["build"]["seconds"]
     print(f"Build (`flashhead build`, recorded in the directory): {sec['total']:.0f} s = calibration "
           f"{sec['calibration']:.0f} s + clustering ({b['build']['iterations']} rounds) {sec['clustering']:.0f} s "
-          f"+ probes {sec['probes']:.0f} s; peak memory {b['build']['peak_rss_mb'] / 1024:.1f} GB.\n")
+          f"+ probes {sec['probes']:.0f} s + estimate offsets {sec.get('estimate', 0):.0f} s; peak memory {b['build']['peak_rss_mb'] / 1024:.1f} GB.\n")
     print(f"![head time vs batch](img/bench-{m}.png)\n")
 import glob
 print("## GPU (eager calls; kernel-level numbers in docs/KERNELS.md)\n")

@@ -35,6 +35,23 @@ def test_round_trip(assets, weight):
     assert index.vocab == 1024 and index.num_clusters == 64 and index.config.probes == 8
     ids, mask = index.blocks()
     assert mask.all() and torch.equal(torch.sort(ids.flatten()).values, torch.arange(1024))
+    offsets = torch.randn(1024)
+    index.offsets = offsets
+    index.save(assets.parent)
+    assert torch.equal(ClusterIndex.load(assets).offsets, offsets)
+
+
+def test_assets_without_offsets_load_with_zero_offsets(assets):
+    _edit_tensors(assets, token_offsets=None)     # as written before offsets existed, or published
+    assert torch.equal(ClusterIndex.load(assets).offsets, torch.zeros(1024))
+
+
+@pytest.mark.parametrize("bad,match", [(torch.zeros(1000), r"token_offsets must have shape \[1024\]"),
+                                       (torch.full((1024,), float("nan")), "token_offsets contain NaN")])
+def test_bad_offsets(assets, bad, match):
+    _edit_tensors(assets, token_offsets=bad)
+    with pytest.raises(FlashHeadError, match=match):
+        ClusterIndex.load(assets)
 
 
 def test_published_layout_with_leading_singleton_dims(assets):

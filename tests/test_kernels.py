@@ -1,12 +1,25 @@
-"""Kernel paths vs the torch reference and the dense head. GPU tests skip without CUDA."""
+"""Kernel paths vs the torch reference and the dense head.
+
+The TRITON tests run on CUDA when there is a GPU; without one, test_triton_kernels_in_interpreter
+runs them again in a subprocess under Triton's CPU interpreter (TRITON_INTERPRET=1), so CI checks
+the kernels' logic (not their speed) on every commit. CUDA-graph tests skip without a GPU.
+"""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, FlashHeadError
 from flashhead.index import fingerprint
-from flashhead.kernels import Kernel, resolve, triton_available
+from flashhead.kernels import Kernel, interpreting, resolve, triton_available
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available() or not triton_available(), reason="needs CUDA + Triton")
+HAS_CUDA = torch.cuda.is_available() and triton_available()
+cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA + Triton")
+# where the TRITON tests run: the GPU, else the interpreter on the CPU, else nowhere
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu" if interpreting() and triton_available() else None
+triton = pytest.mark.skipif(TRITON_DEVICE is None, reason="needs CUDA + Triton, or TRITON_INTERPRET=1")
 
 
 def _head(v=3000 - 5, d=64, probes=7, quant="none", device="cpu", dtype=torch.float32, seed=0):
@@ -15,8 +28,9 @@ def _head(v=3000 - 5, d=64, probes=7, quant="none", device="cpu", dtype=torch.fl
     k = -(-v // 16)
     assign = torch.randperm(v, generator=g) // 16                       # random balanced clusters
     cent = torch.zeros(k, d).index_add_(0, assign, w) / torch.bincount(assign, minlength=k)[:, None]
+    offsets = torch.randn(v, generator=g)                                # the estimate's per-token part
     index = ClusterIndex(FlashHeadConfig(probes=probes, quantization=quant), assign, cent,
-                         torch.zeros(k), fingerprint(w))
+                         torch.zeros(k), fingerprint(w), offsets=offsets)
     w = w.to(device=device, dtype=dtype)
     return w, FlashHead(w, index)
 
@@ -59,8 +73,8 @@ def test_cpu_int8_kernel_follows_its_definition():
         g = head.greedy(h)
         assert torch.equal(g, tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1))
         logits = head(h)
-        est = torch.minimum(s, torch.nextafter(z.amax(1, keepdim=True), torch.tensor(-float("inf"))))
-        want = est[:, head.assignments].scatter(1, tok, z)
+        cap = torch.nextafter(z.amax(1, keepdim=True), torch.tensor(-float("inf")))
+        want = torch.minimum(s[:, head.assignments] + head.offsets, cap).scatter(1, tok, z)
         assert torch.equal(logits, want) and torch.equal(logits.argmax(1), g)
 
 
@@ -78,7 +92,7 @@ def test_kernel_choice_is_checked():
     assert resolve(Kernel.AUTO, torch.device("cpu")) is Kernel.CPU
     with pytest.raises(FlashHeadError, match="unknown kernel"):
         head.kernel = "cuda-magic"
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not interpreting():
         with pytest.raises(FlashHeadError, match="CUDA"):
             head.kernel = "triton"
 
@@ -99,21 +113,25 @@ def test_dense_rule_is_counted():
     assert head.probes == 7 and head.dense_above == 1.0   # both restored
 
 
-@cuda
+@triton
 @pytest.mark.parametrize("quant", ["none", "int8"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_triton_equals_reference(quant, dtype):
-    w, head = _head(quant=quant, device="cuda", dtype=dtype)
-    for n in (1, 5, 16):
-        _compare(head, torch.randn(n, 64, device="cuda", dtype=dtype), Kernel.TRITON)
+    if dtype == torch.bfloat16 and TRITON_DEVICE == "cpu":
+        # Triton 3.9's interpreter returns garbage for tl.dot on bf16 tiles (fp16 and fp32 exact;
+        # numpy has no bf16): stage 1 cannot be checked there. bf16 stage 2: the next tests.
+        pytest.skip("Triton's interpreter computes bf16 tl.dot wrongly")
+    w, head = _head(quant=quant, device=TRITON_DEVICE, dtype=dtype)
+    for n in (1, 5, 16):          # 16 rows: the batch launch of stage 2 (triton_path.py)
+        _compare(head, torch.randn(n, 64, device=TRITON_DEVICE, dtype=dtype), Kernel.TRITON)
 
 
-@cuda
+@triton
 @pytest.mark.parametrize("k,p", [(8016, 256), (9496, 1), (3000, 3000)])
 def test_triton_top_p_selects_the_p_largest_with_ties(k, p):
     from flashhead.kernels import triton_kernels as tk
 
-    s = (torch.randn(8, k, device="cuda") * 4).round() / 4       # many exact ties at the threshold
+    s = (torch.randn(8, k, device=TRITON_DEVICE) * 4).round() / 4    # many exact ties at the threshold
     thr = s.topk(p, 1).values[:, -1:]
     gt, eq = s > thr, s == thr
     want = gt | (eq & (eq.cumsum(1) <= p - gt.sum(1, keepdim=True)))   # ties: lowest cluster ids first
@@ -122,11 +140,11 @@ def test_triton_top_p_selects_the_p_largest_with_ties(k, p):
     assert torch.equal(slot >= 0, want)
 
 
-@cuda
+@triton
 def test_all_probed_triton_equals_dense():
-    w, head = _head(device="cuda", dtype=torch.bfloat16)
+    w, head = _head(device=TRITON_DEVICE, dtype=torch.bfloat16)
     head.probes, head.kernel = head.num_clusters, Kernel.TRITON
-    h = torch.randn(5, 64, device="cuda", dtype=torch.bfloat16)
+    h = torch.randn(5, 64, device=TRITON_DEVICE, dtype=torch.bfloat16)
     dense = h.float() @ w.float().T
     torch.testing.assert_close(head(h), dense, rtol=1e-5, atol=1e-4)
     assert torch.equal(head.greedy(h), dense.argmax(1))
@@ -143,3 +161,14 @@ def test_cuda_graph_replay_equals_direct_launch():
         head.cuda_graphs = False
         assert torch.equal(g, head.greedy(h)) and torch.equal(logits, head(h))
         assert torch.equal(logits.argmax(1), g)
+
+
+@pytest.mark.skipif(HAS_CUDA or interpreting() or not triton_available(),
+                    reason="the TRITON tests run directly (GPU) or already in the interpreter")
+def test_triton_kernels_in_interpreter():
+    """The TRITON tests above, in a subprocess under Triton's CPU interpreter."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton and not interpreter",
+                        "-W", "ignore::DeprecationWarning"], env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "8 passed, 2 skipped" in r.stdout, r.stdout[-500:]     # the 2: bf16 stage 1, see above

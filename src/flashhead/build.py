@@ -122,18 +122,42 @@ def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: 
 
 
 def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, device: str | None = None,
-              progress: bool = False) -> ClusterIndex:
-    """The clustering of head `weight` [V, d] fitted to hidden states h [N, d] (calibrate.py):
-    balanced k-means on W sigma_dir^(1/2), usage-weighted stage-1 vectors, spread per cluster."""
+              progress: bool = False, held_out: torch.Tensor | None = None,
+              target_agreement: float = TARGET_AGREEMENT, probes: int | None = None) -> ClusterIndex:
+    """The index of head `weight` [V, d] fitted to calibration hidden states h [N, d]:
+    1. clusters: balanced k-means on W sigma_dir^(1/2), usage-weighted stage-1 vectors, spread
+       per cluster (calibrate.py);
+    2. probes: `probes` if given, else the smallest count whose greedy agreement with the dense
+       head reaches `target_agreement` on the hidden states `held_out` (else config.probes);
+    3. the estimate's per-token offsets at those probes (estimate.py), from h.
+    index.build records the seconds of each step and the held-out agreement."""
     from .calibrate import Calibration, query_transform, token_weights, weighted_spread
+    from .estimate import FIT_POSITIONS, fit_offsets
+    from .evaluate import dense_top1_rank, smallest_probes
+    from .head import FlashHead
 
+    t0 = time.perf_counter()
     cal = Calibration.from_hidden(weight, h)
     clustering = balanced_kmeans(weight, config.cluster_size, config.iterations, config.seed, device=device,
                                  progress=progress, metric="euclidean",
                                  transform=query_transform(cal.sigma_dir), token_weights=token_weights(cal.usage))
     spread = weighted_spread(weight, clustering.assignments, cal.sigma)
-    return ClusterIndex(config, clustering.assignments, clustering.centroids, spread, fingerprint(weight),
-                        build=clustering.stats)
+    index = ClusterIndex(config, clustering.assignments, clustering.centroids, spread, fingerprint(weight),
+                         build=dict(clustering.stats))
+    t1 = time.perf_counter()
+    agreement = None
+    if held_out is not None:
+        ranks = dense_top1_rank(FlashHead(weight, index, probes=1), held_out, weight)
+        probes = probes or smallest_probes(ranks, target_agreement)
+        agreement = float((ranks < probes).float().mean())
+    index.config = dataclasses.replace(config, probes=probes or config.probes)
+    t2 = time.perf_counter()
+    index.offsets = fit_offsets(FlashHead(weight, index), weight, h[:FIT_POSITIONS], progress=progress)
+    t3 = time.perf_counter()
+    index.build["held_out_agreement"] = agreement
+    index.build["seconds"] = {"clustering": round(t1 - t0, 1), "probes": round(t2 - t1, 1),
+                              "estimate": round(t3 - t2, 1)}
+    return index
 
 
 def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool = True,
@@ -147,11 +171,9 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     2. cluster: balanced k-means of the head rows in the calibrated metric (clustering.py);
     3. probes: `probes` if given, else the smallest count whose greedy agreement with the dense
        head reaches `target_agreement` on the last quarter of the calibration text, held out
-       from 1-2 (whole texts: positions of one text are too alike to test each other).
+       from 2 and 4 (whole texts: positions of one text are too alike to test each other);
+    4. estimate: per-token offsets for the full-vocabulary logits (estimate.py).
     """
-    from .evaluate import dense_top1_rank, smallest_probes
-    from .head import FlashHead
-
     config = config or FlashHeadConfig()
     src = resolve(source)
     out = Path(out_dir).expanduser()
@@ -174,23 +196,17 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     t0 = time.perf_counter()
 
     h, source_text = calibration_hidden(src, weight, calibration, positions, config.seed, device, progress)
-    fit = h.shape[0] - h.shape[0] // 4
-    held_out = h[fit:]
     t_cal = time.perf_counter()
-    index = fit_index(weight, h[:fit], config, device, progress)
-    t_cluster = time.perf_counter()
-
-    ranks = dense_top1_rank(FlashHead(weight, index, probes=1), held_out, weight)
-    chosen = probes or smallest_probes(ranks, target_agreement)
-    agreement = float((ranks < chosen).float().mean())
-    index.config = dataclasses.replace(config, probes=chosen)
+    fit = h.shape[0] - h.shape[0] // 4
+    index = fit_index(weight, h[:fit], config, device, progress, held_out=h[fit:],
+                      target_agreement=target_agreement, probes=probes)
+    seconds, agreement = index.build.pop("seconds"), index.build.pop("held_out_agreement")
     index.build = {**index.build, "source": str(source),
                    "calibration": {"text": source_text, "positions": fit,
-                                   "held_out_positions": held_out.shape[0],
+                                   "held_out_positions": h.shape[0] - fit,
                                    "target_agreement": None if probes else target_agreement,
                                    "held_out_agreement": agreement},
-                   "seconds": {"calibration": round(t_cal - t0, 1), "clustering": round(t_cluster - t_cal, 1),
-                               "probes": round(time.perf_counter() - t_cluster, 1),
+                   "seconds": {"calibration": round(t_cal - t0, 1), **seconds,
                                "total": round(time.perf_counter() - t0, 1)},
                    "peak_rss_mb": _peak_rss_mb()}
     index.validate("built assets")

@@ -31,9 +31,9 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
             dense_nll += float(metrics.nll(dense, t).sum())
             for p in probes:
                 head.probes = p
-                _, tok, z = head.probe(h.to(weight.dtype))
+                scores, tok, z = head.probe(h.to(weight.dtype))
                 greedy = tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1)
-                logits = head(h.to(weight.dtype))
+                logits = head.fill_logits(scores, tok, z)       # = head(h), one step not two
                 acc = sums[p]
                 acc["agree"] += float(metrics.top1_agreement(greedy, dense).sum())
                 acc["contain1"] += float(metrics.containment(tok, dense, 1).sum())

@@ -7,7 +7,8 @@ One decode step for hidden states h [N, d] (any leading dims are flattened):
     probe     top = topk(s, P)              [N, P]
     stage 2   z = h . W[block_ids[top]]     [N, P*cs] exact logits of the probed tokens
     greedy    block_ids[top][argmax z]      [N]      (fast path: no [N, V] tensor)
-    logits    [N, V]: every token gets its cluster's estimate, the probed tokens their exact z.
+    logits    [N, V]: every token gets its estimate (estimate.py: its cluster's score plus a
+              per-token offset), the probed tokens their exact z.
 
 The head weight W is the model's own tensor (held by reference, never copied); the module adds
 centroids, block ids and the estimate tables: a few percent of W.
@@ -21,6 +22,7 @@ import torch
 
 from . import kernels
 from .config import FlashHeadError
+from .estimate import unprobed_logits
 from .index import ClusterIndex
 from .kernels import Kernel, cpu, torch_ref, triton_path
 from .kernels.graphs import GraphCache
@@ -74,6 +76,7 @@ class FlashHead(torch.nn.Module):
         self.register_buffer("block_ids32", ids.int().to(weight.device), persistent=False)
         self.register_buffer("assignments32", index.assignments.int().to(weight.device), persistent=False)
         self.register_buffer("within32", within.to(weight.device), persistent=False)
+        self.register_buffer("offsets", index.offsets.float().to(weight.device), persistent=False)  # [V]
         self.kernel = kernel
         self.dense_above: float | None = None   # the dense rule (see DENSE_RULE_ENV); None: off
         self.stats = {"flashhead_steps": 0, "dense_steps": 0}
@@ -119,15 +122,15 @@ class FlashHead(torch.nn.Module):
         """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs], exact logits [N, P*cs] fp32."""
         return self._path().probe(self, h)
 
-    def unprobed_estimate(self, scores: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-        """The logit of every unprobed token, per cluster: scores [N, K], best [N, 1] -> [N, K].
-
-        The cluster's stage-1 score (the usage-weighted mean logit of its members), kept strictly
-        below the best exact logit so that argmax(logits) == greedy(h). All kernel paths fill the
-        logits from this [N, K]. (A spread correction, + beta/2 |h|^2 spread_k, lowered perplexity
-        by ~1% but raised the TV distance by 40% on held-out text: not used, docs/FIDELITY.md.)
-        """
-        return torch.minimum(scores, torch.nextafter(best, torch.full_like(best, float("-inf"))))
+    def fill_logits(self, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """probe()'s scores [N, K], token ids and exact logits [N, P*cs] -> logits [N, V] fp32:
+        the exact z where probed, estimate.unprobed_logits elsewhere (strictly below the best z,
+        so argmax(logits) == greedy(h)). The TORCH and CPU paths return this; TRITON fuses it.
+        (A spread correction, + beta/2 |h|^2 spread_k, lowered perplexity by ~1% but raised the
+        TV distance by 40% on held-out text: not used, docs/FIDELITY.md.)"""
+        out = unprobed_logits(scores, z.amax(1, keepdim=True), self.assignments, self.offsets, out=out)
+        return out.scatter_(1, tok, z)
 
     def use_dense(self, n: int) -> bool:
         """The dense rule: N positions score N*P*cs stage-2 rows; above `dense_above` * V the
@@ -164,7 +167,7 @@ class FlashHead(torch.nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [..., d] -> logits [..., V] fp32 over the whole vocabulary.
 
-        Probed tokens carry their exact logit; every other token `unprobed_estimate`.
+        Probed tokens carry their exact logit; every other token its estimate (fill_logits).
         """
         lead, h = h.shape[:-1], self._flat(h)
         if self.use_dense(h.shape[0]):

@@ -2,7 +2,8 @@
 
 Files (inside a model directory's `flash_head_assets/`):
     clustering_cache.safetensors   centroids [d, K] (leading singleton dims accepted on read),
-                                   cluster_assignments [V], and optionally spread [K]
+                                   cluster_assignments [V], and optionally spread [K] and
+                                   token_offsets [V] (estimate.py; zeros when absent)
     flashhead.json                 {"format_version", "library_version", "config": FlashHeadConfig,
                                     "fingerprint": {...}, "build": {...}}
 
@@ -63,6 +64,11 @@ class ClusterIndex:
     spread: torch.Tensor        # [K] float32 (mean squared member distance to centroid / d)
     fingerprint: dict
     build: dict = dataclasses.field(default_factory=dict)
+    offsets: torch.Tensor | None = None   # [V] float32 (estimate.py); None: zeros
+
+    def __post_init__(self):
+        if self.offsets is None:
+            self.offsets = torch.zeros(self.assignments.numel())
 
     @property
     def vocab(self) -> int:
@@ -112,6 +118,10 @@ class ClusterIndex:
             raise FlashHeadError(f"{where}: centroids or spread contain NaN or infinite values")
         if self.spread.shape != (k,):
             raise FlashHeadError(f"{where}: spread must have shape [{k}], got {list(self.spread.shape)}")
+        if self.offsets.shape != (v,):
+            raise FlashHeadError(f"{where}: token_offsets must have shape [{v}], got {list(self.offsets.shape)}")
+        if not torch.isfinite(self.offsets).all():
+            raise FlashHeadError(f"{where}: token_offsets contain NaN or infinite values")
 
     # ---- disk -------------------------------------------------------------------------------
 
@@ -124,7 +134,8 @@ class ClusterIndex:
         out.mkdir(parents=True, exist_ok=True)
         save_file({"centroids": self.centroids.T.contiguous().float(),
                    "cluster_assignments": self.assignments.long().contiguous(),
-                   "spread": self.spread.float().contiguous()}, str(out / TENSORS_FILE))
+                   "spread": self.spread.float().contiguous(),
+                   "token_offsets": self.offsets.float().contiguous()}, str(out / TENSORS_FILE))
         meta = {"format_version": FORMAT_VERSION, "library_version": __version__,
                 "config": self.config.to_dict(), "fingerprint": self.fingerprint, "build": self.build}
         (out / JSON_FILE).write_text(json.dumps(meta, indent=1) + "\n")
@@ -161,6 +172,8 @@ class ClusterIndex:
         centroids = centroids.float().T.contiguous()            # [K, d]
         assignments = tensors["cluster_assignments"].reshape(-1).long()
         spread = tensors.get("spread", torch.zeros(centroids.shape[0]))
-        index = cls(config, assignments, centroids, spread.float(), meta["fingerprint"], meta.get("build", {}))
+        offsets = tensors.get("token_offsets")
+        index = cls(config, assignments, centroids, spread.float(), meta["fingerprint"], meta.get("build", {}),
+                    None if offsets is None else offsets.float())
         index.validate(str(assets_dir))
         return index

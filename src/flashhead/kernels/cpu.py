@@ -65,8 +65,5 @@ def greedy(head, h: torch.Tensor) -> torch.Tensor:
 
 
 def logits(head, h: torch.Tensor) -> torch.Tensor:
-    scores, tok, z = probe(head, h)
-    est = head.unprobed_estimate(scores, z.amax(1, keepdim=True))        # [N, K]
     out = torch.empty(h.shape[0], head.vocab)                            # returned: caller owns it
-    torch.index_select(est, 1, head.assignments, out=out)
-    return out.scatter_(1, tok, z)
+    return head.fill_logits(*probe(head, h), out=out)

@@ -28,7 +28,4 @@ def greedy(head, h: torch.Tensor) -> torch.Tensor:
 
 
 def logits(head, h: torch.Tensor) -> torch.Tensor:
-    scores, tok, z = probe(head, h)
-    est = head.unprobed_estimate(scores, z.amax(1, keepdim=True))        # [N, K]
-    out = est.index_select(1, head.assignments)                          # [N, V]
-    return out.scatter_(1, tok, z)
+    return head.fill_logits(*probe(head, h))                             # [N, V]

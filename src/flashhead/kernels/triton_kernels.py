@@ -7,7 +7,7 @@ Four launches per step, none with a data-dependent shape, no host sync (CUDA-gra
                                           resets best [N]
     stage2   z = h . W[block_ids[top]]    [N, P*cs] fp32, gathered rows of the model's own W;
                                           best [N] int64 = max over (logit, token) packed
-    logits   [N, V] = z where probed, else the cluster's estimate   (forward only)
+    logits   [N, V] = z where probed, else min(s_k + offset_v, cap)   (forward only; estimate.py)
 Greedy ids are the low 32 bits of `best`: argmax of the exact logits, fused into stage 2.
 """
 from __future__ import annotations
@@ -131,14 +131,15 @@ def _stage2_kernel(H, W, IDS, TOP, Z, BEST, P, D, stride_h, stride_w,
 
 
 @triton.jit
-def _logits_kernel(EST, SLOT, Z, ASSIGN, WITHIN, OUT, V, K, P,
+def _logits_kernel(S, OFF, CAP, SLOT, Z, ASSIGN, WITHIN, OUT, V, K, P,
                    CS: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(0)
     v = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = v < V
     c = tl.load(ASSIGN + v, mask=m, other=0)
     s = tl.load(SLOT + n * K + c, mask=m, other=-1)
-    est = tl.load(EST + n * K + c, mask=m, other=0.0)
+    est = tl.load(S + n * K + c, mask=m, other=0.0) + tl.load(OFF + v, mask=m, other=0.0)
+    est = tl.minimum(est, tl.load(CAP + n))
     exact = tl.load(Z + n * P * CS + s * CS + tl.load(WITHIN + v, mask=m, other=0), mask=m & (s >= 0), other=0.0)
     tl.store(OUT + n.to(tl.int64) * V + v, tl.where(s >= 0, exact, est), mask=m)
 
@@ -192,13 +193,15 @@ def stage2(h: torch.Tensor, weight: torch.Tensor, block_ids: torch.Tensor, top: 
     return z
 
 
-def logits(est: torch.Tensor, slot: torch.Tensor, z: torch.Tensor, assignments: torch.Tensor,
-           within: torch.Tensor, cs: int) -> torch.Tensor:
-    """est [N, K] fp32, slot [N, K], z [N, P*cs], assignments/within [V] int32 -> logits [N, V] fp32."""
-    n, k = est.shape
+def logits(scores: torch.Tensor, offsets: torch.Tensor, cap: torch.Tensor, slot: torch.Tensor, z: torch.Tensor,
+           assignments: torch.Tensor, within: torch.Tensor, cs: int) -> torch.Tensor:
+    """scores [N, K] fp32, offsets [V] fp32, cap [N] fp32, slot [N, K], z [N, P*cs],
+    assignments/within [V] int32 -> logits [N, V] fp32."""
+    n, k = scores.shape
     v = assignments.numel()
-    out = torch.empty(n, v, device=est.device, dtype=torch.float32)
+    out = torch.empty(n, v, device=scores.device, dtype=torch.float32)
     block = 1024
-    _logits_kernel[(n, triton.cdiv(v, block))](est.contiguous(), slot, z, assignments, within, out, v, k,
-                                               z.shape[1] // cs, CS=cs, BLOCK=block, num_warps=4)
+    _logits_kernel[(n, triton.cdiv(v, block))](scores.contiguous(), offsets, cap.contiguous(), slot, z,
+                                               assignments, within, out, v, k, z.shape[1] // cs, CS=cs,
+                                               BLOCK=block, num_warps=4)
     return out

@@ -41,5 +41,7 @@ def greedy(head, h: torch.Tensor) -> torch.Tensor:
 
 def logits(head, h: torch.Tensor) -> torch.Tensor:
     scores, _, slot, _, z = _run(head, h)
-    est = head.unprobed_estimate(scores, z.amax(1, keepdim=True))      # [N, K]
-    return _tk().logits(est, slot, z, head.assignments32, head.within32, head.cluster_size)
+    best = z.amax(1)                                                   # [N] the best exact logit
+    cap = torch.nextafter(best, torch.full_like(best, float("-inf")))  # estimates stay below it
+    return _tk().logits(scores, head.offsets, cap, slot, z, head.assignments32, head.within32,
+                        head.cluster_size)
