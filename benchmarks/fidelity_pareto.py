@@ -6,8 +6,9 @@
 Variants (cluster size 16, int8 stage 1, 8 k-means rounds, the real FlashHead step):
     cosine            spherical balanced k-means, plain cluster means: the paper's recipe (before)
     +metric           k-means on W sigma_dir^(1/2), calibrated on the fortunes calibration split
-    +usage (default)  and usage-weighted stage-1 vectors: build.fit_index, what `flashhead build` does
-    self-calibrated   build.fit_index on the model's own samples instead of real text
+    +usage (default)  and usage-weighted stage-1 vectors and the estimate's per-token offsets:
+                      build.fit_index with a held-out quarter, what `flashhead build` does
+    self-calibrated   the same on the model's own samples instead of real text
 Scored on 4,096 held-out positions of the fortunes eval split (never used to build); agreement
 also on Python's own documentation (pydoc topics: another domain, never used to build).
 bytes = stage-1 int8 table + P*16 head rows, relative to the dense head, both counted in bf16.
@@ -43,8 +44,8 @@ def variants(weight, data, config):
     c = balanced_kmeans(weight, 16, config.iterations, config.seed, progress=False, metric="euclidean",
                         transform=query_transform(cal.sigma_dir))
     yield "+metric", ClusterIndex(config, c.assignments, c.centroids, c.spread, fp)
-    yield "+usage (default)", fit_index(weight, data["cal_h"][:FIT], config)
-    yield "self-calibrated", fit_index(weight, data["self_h"][:FIT], config)
+    yield "+usage (default)", fit_index(weight, data["cal_h"][:FIT], config, held_out=data["cal_h"][FIT:])
+    yield "self-calibrated", fit_index(weight, data["self_h"][:FIT], config, held_out=data["self_h"][FIT:])
 
 
 def measure(model: str) -> dict:
