@@ -49,11 +49,9 @@ def fit_offsets(head, weight: torch.Tensor, h: torch.Tensor, chunk: int = 256,
     for s in tqdm(range(0, h.shape[0], chunk), desc="estimate offsets", unit="chunk", disable=not progress):
         x = h[s:s + chunk]
         dense = x.float() @ w.T                                                 # [n, V]
-        scores = head.scores(x.to(weight.dtype))                                # [n, K]
-        top = scores.topk(head.probes, dim=1, sorted=False).indices
-        probed = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)[:, head.assignments]
-        best = dense.masked_fill(~probed, float("-inf")).amax(1, keepdim=True)
-        q = torch.where(probed, dense, unprobed_logits(scores, best, head.assignments, head.offsets))
+        scores, tok, z = head.probe(x.to(weight.dtype))                         # the step as it runs
+        q = head.fill_logits(scores, tok, z)                                    # its logits [n, V]
+        probed = torch.zeros_like(q, dtype=torch.bool).scatter_(1, tok, True)
         num += torch.softmax(dense, 1).masked_fill_(probed, 0).sum(0).double().cpu()
         den += torch.softmax(q, 1).masked_fill_(probed, 0).sum(0).double().cpu()
     a = PSEUDO_MASS * h.shape[0]
