@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, FlashHeadError
+from flashhead.head import dense_rule
 from flashhead.index import fingerprint
 from flashhead.kernels import Kernel, interpreting, resolve, triton_available
 
@@ -48,11 +49,14 @@ def _compare(head, h, other):
     torch.testing.assert_close(head(h), l_r, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("quant", ["none", "int4"])
-def test_cpu_kernel_equals_reference(quant):
-    w, head = _head(quant=quant)
-    for n in (1, 6):                      # a second, larger batch reuses and grows the workspace
-        _compare(head, torch.randn(n, 64), Kernel.CPU)
+@pytest.mark.parametrize("quant,dtype", [("none", torch.float32), ("int4", torch.float32),
+                                         ("none", torch.bfloat16)])
+def test_cpu_kernel_equals_reference(quant, dtype):
+    w, head = _head(quant=quant, dtype=dtype)
+    # 1: the union is the position's own clusters; 6: shared clusters, one chunk, the workspace
+    # grows; 40: the union spans several chunks (64 clusters each), `rows @ h.T` (WIDE_BATCH)
+    for n in (1, 6, 40):
+        _compare(head, torch.randn(n, 64, dtype=dtype), Kernel.CPU)
 
 
 def test_cpu_int8_kernel_follows_its_definition():
@@ -111,6 +115,15 @@ def test_dense_rule_is_counted():
         assert head.probes == 3
     assert head.stats == {"flashhead_steps": 4, "dense_steps": 1}
     assert head.probes == 7 and head.dense_above == 1.0   # both restored
+
+
+def test_dense_rule_picks_the_crossover_for_device_and_dtype(monkeypatch):
+    crossover = {"cpu": 8.0, "cpu/bfloat16": 0.125, "cuda": 0.25}
+    assert dense_rule(crossover, torch.zeros(2, 2)) == 8.0
+    assert dense_rule(crossover, torch.zeros(2, 2, dtype=torch.bfloat16)) == 0.125
+    assert dense_rule({"cuda": 0.25}, torch.zeros(2, 2)) is None        # none measured: rule off
+    monkeypatch.setenv("FLASHHEAD_DENSE_RULE", "0")
+    assert dense_rule(crossover, torch.zeros(2, 2)) is None
 
 
 @triton

@@ -64,13 +64,14 @@ def test_dense_flag_loads_plain_head(smollm2_flashhead_dir):
 
 
 def test_dense_rule_threshold_and_switch(smollm2_flashhead_dir, monkeypatch):
-    """transformers' dense rule on the CPU: dense above 1.0 x V stage-2 rows per step (measured
-    crossover, integrations/hf.py); FLASHHEAD_DENSE_RULE=0 keeps FlashHead at every batch size."""
+    """transformers' dense rule on the CPU: dense above 8.0 x V stage-2 rows per step in fp32
+    (measured crossover, integrations/hf.py); FLASHHEAD_DENSE_RULE=0 keeps FlashHead at every
+    batch size."""
     model, _ = hf.load(smollm2_flashhead_dir)
     head = model.lm_head.flashhead
-    assert head.dense_above == hf.CROSSOVER["cpu"]
+    assert head.dense_above == hf.CROSSOVER["cpu"] and head.weight.dtype == torch.float32
     rows = head.probes * head.cluster_size
-    n_dense = head.vocab // rows + 1                     # the smallest batch above the crossover
+    n_dense = int(head.dense_above * head.vocab) // rows + 1   # the smallest batch above the crossover
     h = torch.randn(n_dense, model.config.hidden_size)
     before = dict(head.stats)
     model.lm_head(h[:1])

@@ -37,11 +37,13 @@ _PATHS = {Kernel.TORCH: torch_ref, Kernel.CPU: cpu, Kernel.TRITON: triton_path}
 DENSE_RULE_ENV = "FLASHHEAD_DENSE_RULE"
 
 
-def dense_rule(crossover: dict, device: torch.device) -> float | None:
-    """An integration's `dense_above` for `device` from its measured {device type: fraction of V}."""
+def dense_rule(crossover: dict, weight: torch.Tensor) -> float | None:
+    """An integration's `dense_above` for a head weight, from its measured crossovers
+    {"device type": fraction of V, "device type/dtype": fraction of V} (the dtype entry first)."""
     if os.environ.get(DENSE_RULE_ENV, "1") == "0":
         return None
-    return crossover.get(device.type)
+    kind = weight.device.type
+    return crossover.get(f"{kind}/{str(weight.dtype).removeprefix('torch.')}", crossover.get(kind))
 
 
 class FlashHead(torch.nn.Module):

@@ -22,10 +22,13 @@ from ..config import FlashHeadError
 from ..head import FlashHead, dense_rule
 from ..index import ClusterIndex
 
-# The dense rule's crossover for transformers' dense head (fraction of V in stage-2 rows per step):
-# CPU fp32, Gemma-3-270M, FlashHead still 2.9x faster at 0.5 V (batch 16) -> 1.0; H200 bf16,
-# eager, Llama-3.2-1B shape: logits 1.44x faster at 0.13 V, 0.92x at 0.5 V -> 0.25 (docs/KERNELS.md).
-CROSSOVER = {"cpu": 1.0, "cuda": 0.25}
+# The dense rule's crossover for transformers' dense head (fraction of V in stage-2 rows N*P*cs per
+# step; docs/KERNELS.md). CPU fp32 (the CPU kernel gathers each probed cluster once per batch):
+# logits 1.14x faster than dense at 7.4 V (SmolLM2, batch 64), 0.76x at 30 V; Gemma-3-270M 1.64x
+# at 8.0 V (batch 256) -> 8.0. CPU bf16 (torch's bf16 dense GEMM is 2-5x faster than fp32, stage 2
+# stays fp32): SmolLM2 0.94x at 0.12 V, 0.52x at 0.23 V; Gemma-3-270M 2.32x at 0.12 V -> 0.125.
+# H200 bf16, eager, Llama-3.2-1B shape: logits 1.44x at 0.13 V, 0.92x at 0.5 V -> 0.25.
+CROSSOVER = {"cpu": 8.0, "cpu/bfloat16": 0.125, "cuda": 0.25}
 
 
 class FlashHeadLMHead(torch.nn.Module):
@@ -38,7 +41,7 @@ class FlashHeadLMHead(torch.nn.Module):
         self.weight = linear.weight  # the same Parameter: state_dict keys and tying are unchanged
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.flashhead = FlashHead(self.weight.detach(), index, probes)  # detach(): shares storage
-        self.flashhead.dense_above = dense_rule(CROSSOVER, self.weight.device)
+        self.flashhead.dense_above = dense_rule(CROSSOVER, self.weight)
         self.use_flashhead = True
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

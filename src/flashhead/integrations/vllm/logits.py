@@ -27,9 +27,10 @@ PROBES_KEY = "flash_head_probes"   # optional override, e.g. LLM(..., hf_overrid
 ENV_ENABLED = "FLASHHEAD_ENABLED"
 _MILESTONES = {1, 10, 100, 1000, 10000, 100000}
 # The dense rule's crossover against vLLM's dense head (fraction of V in stage-2 rows per step).
-# CPU (oneDNN, bf16): Gemma-3-270M 1.29x faster at 0.031 V (batch 1), 0.90x at 0.25 V (batch 8)
-# -> 0.125; CUDA from the eager H200 head timings (docs/KERNELS.md), not measured inside vLLM.
-CROSSOVER = {"cpu": 0.125, "cuda": 0.25}
+# CPU (bf16, end to end, the rule off; docs/VLLM.md): Gemma-3-270M 1.11x at 0.25 V (batch 8),
+# 1.12x at 0.50 V (batch 16); SmolLM2 1.00x at 0.23 V (batch 2), 0.84x at 0.46 V (batch 4)
+# -> 0.25. CUDA from the eager H200 head timings (docs/KERNELS.md), not measured inside vLLM.
+CROSSOVER = {"cpu": 0.25, "cuda": 0.25}
 
 
 def register_logits_processor() -> None:
@@ -92,7 +93,7 @@ def _make_class(base):
                 raise FlashHeadError("FlashHead does not support an output head with a bias")
             weight = lm_head.weight.detach()[: self.org_vocab_size]   # [V, d] view of vLLM's tensor
             head = FlashHead(weight, self._index, self._probes)
-            head.dense_above = dense_rule(CROSSOVER, weight.device)
+            head.dense_above = dense_rule(CROSSOVER, weight)
             logger.info("FlashHead: model=%s vocab=%d clusters(K)=%d cluster_size=%d probes=%d "
                         "quantization=%s kernel=%s dtype=%s dense above %s of V per step", self._model,
                         head.vocab, head.num_clusters, head.cluster_size, head.probes,
