@@ -56,10 +56,8 @@ def main():
         h, y = data["eval_h"][:EVAL], data["eval_y"][:EVAL]
         head = FlashHead(w, fit_index(w, cal[:12288], FlashHeadConfig(), held_out=cal[12288:]))
         built = evaluate_hidden(head, w, h, y, PROBES[model])
-        offsets = head.offsets.clone()
-        head.offsets.zero_()
-        plain = evaluate_hidden(head, w, h, y, PROBES[model])
-        head.offsets.copy_(offsets)
+        with head.flashhead_only(offsets=False):
+            plain = evaluate_hidden(head, w, h, y, PROBES[model])
         for b, p in zip(built, plain):
             ratio = [r["ppl_flashhead"] / r["ppl_dense"] for r in (b, p)]
             print(f"| {model} | {b['probes']} | {b['bytes_fraction_bf16']:.3f} | {b['top1_agreement']:.4f} | "

@@ -140,17 +140,22 @@ class FlashHead(torch.nn.Module):
         return self.dense_above is not None and n * self.probes * self.cluster_size > self.dense_above * self.vocab
 
     @contextlib.contextmanager
-    def flashhead_only(self, probes: int | None = None):
-        """FlashHead at every batch size (the dense rule off), at `probes` if given; both restored
-        on exit. For measuring FlashHead itself (eval, bench, tests)."""
-        saved = self._probes, self.dense_above
+    def flashhead_only(self, probes: int | None = None, offsets: bool = True):
+        """FlashHead at every batch size (the dense rule off), at `probes` if given, without the
+        estimate's per-token offsets if `offsets=False`; all restored on exit. For measuring
+        FlashHead itself (eval, bench, tests)."""
+        saved = self._probes, self.dense_above, None if offsets else self.offsets.clone()
         self.dense_above = None
         try:
             if probes is not None:
                 self.probes = probes
+            if not offsets:
+                self.offsets.zero_()
             yield self
         finally:
-            self._probes, self.dense_above = saved
+            self._probes, self.dense_above = saved[:2]
+            if saved[2] is not None:
+                self.offsets.copy_(saved[2])
 
     def _flat(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[-1] != self.hidden:

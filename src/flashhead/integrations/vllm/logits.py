@@ -109,12 +109,20 @@ def _make_class(base):
                 logger.info("FlashHead steps: flashhead=%d dense=%d", s["flashhead_steps"],
                             s["dense_steps"])
 
+        def _route(self, lm_head, hidden_states, embedding_bias) -> FlashHead | None:
+            """The FlashHead for this call, or None where the dense rule gives the step to vLLM's
+            own dense head (counted here; FlashHead counts its own steps)."""
+            head = self._head or self._build(lm_head, embedding_bias)
+            if head.use_dense(hidden_states.numel() // hidden_states.shape[-1]):
+                head.stats["dense_steps"] += 1
+                return None
+            return head
+
         def _get_logits(self, hidden_states, lm_head, embedding_bias, skip_gather=False):
             if self._index is None:
                 return super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
-            head = self._head or self._build(lm_head, embedding_bias)
-            if head.use_dense(hidden_states.numel() // hidden_states.shape[-1]):
-                head.stats["dense_steps"] += 1      # the dense rule: vLLM's own dense head
+            head = self._route(lm_head, hidden_states, embedding_bias)
+            if head is None:
                 logits = super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
             else:
                 logits = head(hidden_states)        # [N, V] fp32: exact on probed tokens
@@ -124,11 +132,11 @@ def _make_class(base):
         def get_top_tokens(self, lm_head, hidden_states, embedding_bias=None):
             if self._index is None or self.scale <= 0.0 or self.soft_cap is not None:
                 return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
-            head = self._head or self._build(lm_head, embedding_bias)
-            if head.use_dense(hidden_states.numel() // hidden_states.shape[-1]):
-                head.stats["dense_steps"] += 1
-                return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
-            ids = head.greedy(hidden_states)        # [N] greedy fast path (no full logits)
+            head = self._route(lm_head, hidden_states, embedding_bias)
+            if head is None:
+                ids = super().get_top_tokens(lm_head, hidden_states, embedding_bias)
+            else:
+                ids = head.greedy(hidden_states)    # [N] greedy fast path (no full logits)
             self._count()
             return ids
 
