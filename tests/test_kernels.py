@@ -91,6 +91,21 @@ def test_all_probed_cpu_kernel_equals_dense():
     assert torch.equal(head.greedy(h), dense.argmax(1))
 
 
+def test_torch_compile():
+    """torch.compile: the TORCH step traces as one graph (fullgraph: no host sync, no data-dependent
+    shape); the CPU kernel's union of probed clusters has a data-dependent size, so it compiles with
+    graph breaks there. Both give the eager results. (aot_eager: traced, no C++ toolchain needed.)"""
+    w, head = _head(quant="int8")
+    h = torch.randn(6, 64)
+    for kernel, fullgraph in ((Kernel.TORCH, True), (Kernel.CPU, False)):
+        head.kernel = kernel
+        torch._dynamo.reset()
+        logits = torch.compile(head, fullgraph=fullgraph, backend="aot_eager")(h)
+        ids = torch.compile(head.greedy, fullgraph=fullgraph, backend="aot_eager")(h)
+        torch.testing.assert_close(logits, head(h), rtol=1e-6, atol=1e-6)
+        assert torch.equal(ids, head.greedy(h))
+
+
 def test_kernel_choice_is_checked():
     w, head = _head()
     assert resolve(Kernel.AUTO, torch.device("cpu")) is Kernel.CPU

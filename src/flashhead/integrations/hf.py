@@ -26,7 +26,7 @@ from ..index import ClusterIndex
 # step; docs/KERNELS.md). CPU fp32 (the CPU kernel gathers each probed cluster once per batch):
 # logits 1.14x faster than dense at 7.4 V (SmolLM2, batch 64), 0.76x at 30 V; Gemma-3-270M 1.64x
 # at 8.0 V (batch 256) -> 8.0. CPU bf16 (torch's bf16 dense GEMM is 2-5x faster than fp32, stage 2
-# stays fp32): SmolLM2 0.94x at 0.12 V, 0.52x at 0.23 V; Gemma-3-270M 2.32x at 0.12 V -> 0.125.
+# stays fp32): SmolLM2 1.57x at 0.12 V, 0.76x at 0.23 V; Gemma-3-270M 1.91x at 0.12 V -> 0.125.
 # H200 bf16, eager, Llama-3.2-1B shape: logits 1.44x at 0.13 V, 0.92x at 0.5 V -> 0.25.
 CROSSOVER = {"cpu": 8.0, "cpu/bfloat16": 0.125, "cuda": 0.25}
 
