@@ -3,12 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# Real text for `flashhead eval` and the tests: Debian's fortunes (see src/flashhead/corpus.py).
-if [ ! -d /usr/share/games/fortunes ]; then
+# Real text for `flashhead eval`, the builds' calibration and the tests: the domain suite of
+# src/flashhead/corpus.py (English, German, Russian, Spanish, Italian fortunes; the Debian FAQ).
+TEXT_PACKAGES="fortunes fortunes-min fortunes-de fortunes-ru fortunes-es fortunes-it debian-faq"
+if [ ! -d /usr/share/games/fortunes/ru ] || [ ! -d /usr/share/games/fortunes/de ] \
+   || [ ! -d /usr/share/games/fortunes/es ] || [ ! -d /usr/share/games/fortunes/it ] \
+   || [ ! -f /usr/share/doc/debian/FAQ/debian-faq.en.txt.gz ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    { $SUDO apt-get install -y -q fortunes fortunes-min >/dev/null 2>&1 \
-      || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q fortunes fortunes-min >/dev/null; }; } \
-      || echo "warning: could not install Debian's fortunes (text for flashhead eval); install it by hand" >&2
+    { $SUDO apt-get install -y -q $TEXT_PACKAGES >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q $TEXT_PACKAGES >/dev/null; }; } \
+      || echo "warning: could not install the suite's text packages ($TEXT_PACKAGES); install them by hand" >&2
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate

@@ -3,18 +3,11 @@ import json
 import math
 
 import pytest
-import torch
 
 from flashhead import corpus
-from flashhead.evaluate import dense_top1_rank, evaluate_hidden, smallest_probes
+from flashhead.evaluate import evaluate_hidden
+from flashhead.fit import dense_top1_rank, smallest_probes
 from flashhead.hidden import teacher_forced
-
-
-def test_corpus_splits_are_disjoint_and_stable():
-    ev, cal = corpus.load("eval"), corpus.load("calibration")
-    assert len(ev) > 500 and len(cal) > 500
-    assert not set(ev) & set(cal)
-    assert corpus.load("eval") == ev
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +59,13 @@ def test_cli_eval_json_plot_and_write_default(smollm2_flashhead_dir, tmp_path, c
     from flashhead.index import ClusterIndex
 
     png = tmp_path / "pareto.png"
+    text = tmp_path / "mine.txt"
+    text.write_text("\n\n".join(corpus.load("eval", "docs")[:20]))
     assets = smollm2_flashhead_dir / "flash_head_assets"
     original = ClusterIndex.load(assets).config.probes
     try:  # the directory is shared by the test session: restore its default afterwards
-        code = main(["eval", str(smollm2_flashhead_dir), "--probes", "16,64", "--max-positions", "64",
-                     "--prompts", "2", "--new-tokens", "4", "--json", "--plot", str(png),
+        code = main(["eval", str(smollm2_flashhead_dir), "--text", str(text), "--probes", "16,64",
+                     "--max-positions", "64", "--prompts", "2", "--new-tokens", "4", "--json", "--plot", str(png),
                      "--target-agreement", "0.9", "--write-default"])
         written = ClusterIndex.load(assets).config.probes
     finally:
@@ -81,3 +76,32 @@ def test_cli_eval_json_plot_and_write_default(smollm2_flashhead_dir, tmp_path, c
     assert out["positions"] == 64 and all(0 <= r["generation_match"] <= 4 for r in out["results"])
     assert png.stat().st_size > 1000
     assert written == out["smallest_probes"]
+
+
+def test_cli_eval_text_means_only_that_text(smollm2_flashhead_dir, tmp_path, capsys):
+    """--text alone is the user's text: a short file reports its own few positions, and says so."""
+    from flashhead.cli.main import main
+
+    text = tmp_path / "short.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.")
+    assert main(["eval", str(smollm2_flashhead_dir), "--text", str(text), "--prompts", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "9 positions (the text has 9 of the 3072 positions asked)" in out
+    assert main(["eval", str(smollm2_flashhead_dir), "--text", str(text), "--suite"]) == 2
+    assert "leave out --suite" in capsys.readouterr().err
+
+
+def test_cli_eval_suite_json_per_domain_and_worst(smollm2_flashhead_dir, tmp_path, capsys):
+    from flashhead.cli.main import main
+
+    png = tmp_path / "domains.png"
+    assert main(["eval", str(smollm2_flashhead_dir), "--domain", "german", "--domain", "code", "--probes", "32,128",
+                 "--max-positions", "128", "--prompts", "0", "--json", "--plot", str(png)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["domains"]) == {"german", "code"} and png.stat().st_size > 1000
+    for d, r in out["domains"].items():
+        assert r["positions"] == 128 and [x["probes"] for x in r["results"]] == [32, 128]
+        assert r["in_domain"] == (d in out["calibration"])     # the default build calibrates on the suite
+        assert r["results"][0]["top1_agreement"] <= r["results"][1]["top1_agreement"]
+    worst = out["worst"]["top1_agreement"]
+    assert worst["value"] == min(r["results"][0]["top1_agreement"] for r in out["domains"].values())

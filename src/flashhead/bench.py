@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -220,10 +219,9 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
     if decode:
         out["decode"] = bench_decode(model, tok, prompt, new_tokens, decode_repeats)
     if build:   # as recorded by `flashhead build` (calibration, clustering, probes; peak memory)
-        from .build import CACHE_KEY, read_config
-        from .index import ClusterIndex
+        from .layout import load_assets
 
-        recorded = ClusterIndex.load(Path(model_dir) / read_config(Path(model_dir))[CACHE_KEY]).build
+        recorded = load_assets(model_dir).build
         out["build"] = {"seconds": recorded.get("seconds"), "peak_rss_mb": recorded.get("peak_rss_mb"),
                         "iterations": head.config.iterations, "cluster_size": head.cluster_size}
     return out

@@ -20,57 +20,21 @@ from pathlib import Path
 
 import torch
 
-from .clustering import balanced_kmeans
 from .config import FlashHeadConfig, FlashHeadError
-from .index import ASSETS_DIR, ClusterIndex, fingerprint
+from .fit import TARGET_AGREEMENT, fit_index
+from .index import ASSETS_DIR
+from .layout import ARCH_PREFIX, CACHE_KEY, base_architecture, read_config, read_head_weight
 from .sources import resolve
 
-ARCH_PREFIX = "FlashHead"
-CACHE_KEY = "flash_head_cache_dir"
+# The default calibration: every domain of the suite and the extra languages (their calibration
+# documents only) and the model's own samples, in equal shares. Measured (docs/FIDELITY.md,
+# benchmarks/suite_lab.py): a build calibrated on English prose alone kept 81.6% of SmolLM2's
+# greedy tokens on Russian and 95.0% on licences; one calibrated on the suite 100% and 97.9%, and
+# one that left a domain out still beat the prose-only build there (russian 89.5%, legal 95.1%).
+DEFAULT_CALIBRATION = ["suite"]
 # Calibration positions: 16,384 (12,288 to fit, 4,096 held out to choose probes). Measured on
 # SmolLM2 (docs/FIDELITY.md): fitting on 6,144 instead left ~20% more dense top-1 misses.
 CALIBRATION_POSITIONS = 16384
-# Default probes: the smallest count reaching this greedy agreement on held-out calibration positions.
-TARGET_AGREEMENT = 0.995
-
-
-def base_architecture(config: dict) -> str:
-    archs = config.get("architectures") or []
-    if not archs:
-        raise FlashHeadError("config.json names no architecture")
-    arch = archs[0]
-    return arch[len(ARCH_PREFIX):] if arch.startswith(ARCH_PREFIX) else arch
-
-
-def read_config(model_dir: Path) -> dict:
-    path = Path(model_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FlashHeadError(f"{model_dir} is not a model directory (no config.json)") from None
-    except json.JSONDecodeError as e:
-        raise FlashHeadError(f"{path}: not valid JSON ({e})") from None
-
-
-def read_head_weight(model_dir: Path) -> torch.Tensor:
-    """The output head [V, d] from a model directory's safetensors (the embedding when tied)."""
-    from safetensors import safe_open
-
-    model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise FlashHeadError(f"{model_dir}: no .safetensors weight files")
-    names = ["lm_head.weight"]
-    if config.get("tie_word_embeddings", False):
-        names += ["model.embed_tokens.weight", "model.language_model.embed_tokens.weight",
-                  "embed_tokens.weight"]
-    for name in names:
-        for f in files:
-            with safe_open(str(f), framework="pt") as st:
-                if name in st.keys():
-                    return st.get_tensor(name)
-    raise FlashHeadError(f"{model_dir}: found no output head ({' or '.join(names)}) in its safetensors files")
 
 
 def _copy_model_files(src: Path, dst: Path) -> None:
@@ -86,82 +50,97 @@ def _copy_model_files(src: Path, dst: Path) -> None:
             shutil.copy2(item, target)
 
 
-def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: int, seed: int,
-                       device: str | None, progress: bool) -> tuple[torch.Tensor, str]:
-    """Hidden states [N, d] to calibrate on, text after text, and a description of their source.
+def calibration_sources(calibration) -> list:
+    """The sources a calibration names: "self" (the model's own samples), corpus domains
+    (corpus.DOMAINS; "fortunes" is "prose"), "suite" (every domain and self), or lists of texts."""
+    from . import corpus
 
-    calibration: "fortunes" (the calibration split of corpus.py's real text), "self" (the model's
-    own samples: no corpus needed, but measured less faithful on real prose, docs/FIDELITY.md),
-    or a list of texts (teacher-forced)."""
+    items = [calibration] if isinstance(calibration, str) else list(calibration or [])
+    out = []
+    for item in items:
+        if item == "suite":
+            out += [d for d in corpus.DOMAINS if d not in out] + (["self"] if "self" not in out else [])
+        elif item == "fortunes":
+            out.append("prose")
+        elif item == "self" or item in corpus.DOMAINS:
+            out.append(item)
+        elif isinstance(item, (list, tuple)) and item and all(isinstance(t, str) for t in item):
+            out.append(list(item))
+        else:
+            raise FlashHeadError(f"unknown calibration source {item!r}: give 'self', 'suite', a domain "
+                                 f"({', '.join(corpus.DOMAINS)}) or text files")
+    if not out:
+        raise FlashHeadError("calibration names no source")
+    return out
+
+
+def describe(sources: list) -> str:
+    return " + ".join(f"{len(s)} user texts" if isinstance(s, list) else s for s in sources)
+
+
+def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: int, seed: int,
+                       device: str | None, progress: bool) -> list[torch.Tensor]:
+    """Hidden states to calibrate on: [N_i, d] per source (calibration_sources), equal shares of
+    `positions`, each text after text: "self" samples the model (hidden.sampled), a domain is
+    teacher-forced on its calibration documents (corpus.py; never its eval documents), a list
+    of texts (the user's files) likewise."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import corpus, hidden
+    from . import hidden
+    from .evaluate import suite_texts
 
-    if calibration == "fortunes":
-        texts, what = corpus.load("calibration"), "Debian fortunes (calibration split)"
-    elif calibration == "self":
-        texts, what = None, "the model's own samples (T=1, from BOS)"
-    elif isinstance(calibration, (list, tuple)) and calibration:
-        texts, what = list(calibration), f"{len(calibration)} user texts"
-    else:
-        raise FlashHeadError(f"calibration must be 'fortunes', 'self' or a list of texts, got {calibration!r}")
+    sources = calibration_sources(calibration)
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     if device:
         model.to(device)
     if model.get_output_embeddings().weight.shape != weight.shape:
         raise FlashHeadError(f"{src}: the loaded model's head does not match its safetensors head")
-    if texts is None:
-        h, _ = hidden.sampled(model, tok, positions, seed=seed, progress=progress)
-    else:  # shuffled (seeded): the held-out quarter then samples every part of the text
-        random.Random(seed).shuffle(texts)
-        h, _ = hidden.teacher_forced(model, tok, texts, positions)
-    if h.shape[0] < 64:
-        raise FlashHeadError(f"calibration text gave {h.shape[0]} positions; give at least 64")
-    return h, what
+    if "chat" in sources and not getattr(tok, "chat_template", None):
+        print("calibration: no chat template (a base model): the chat domain is left out", flush=True)
+        sources = [s for s in sources if s != "chat"]
+    share = positions // len(sources)
+    out = []
+    for source in sources:
+        if progress:
+            print(f"calibration: {describe([source])}, {share} positions", flush=True)
+        if source == "self":
+            h, _ = hidden.sampled(model, tok, share, seed=seed, progress=progress)
+        else:  # shuffled (seeded): the held-out quarter then samples every part of the text
+            texts = list(source) if isinstance(source, list) else suite_texts(model, tok, source, "calibration")
+            random.Random(seed).shuffle(texts)
+            h, _ = hidden.teacher_forced(model, tok, texts, share)
+        out.append(h)
+    if sum(h.shape[0] for h in out) < 64:
+        raise FlashHeadError(f"calibration text gave {sum(h.shape[0] for h in out)} positions; give at least 64")
+    return out
 
 
-def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, device: str | None = None,
-              progress: bool = False, held_out: torch.Tensor | None = None,
-              target_agreement: float = TARGET_AGREEMENT, probes: int | None = None) -> ClusterIndex:
-    """The index of head `weight` [V, d] fitted to calibration hidden states h [N, d]:
-    1. clusters: balanced k-means on W sigma_dir^(1/2), usage-weighted stage-1 vectors, spread
-       per cluster (calibrate.py);
-    2. probes: `probes` if given, else the smallest count whose greedy agreement with the dense
-       head reaches `target_agreement` on the hidden states `held_out` (else config.probes);
-    3. the estimate's per-token offsets at those probes (estimate.py), from h.
-    index.build records the seconds of each step and the held-out agreement."""
-    from .calibrate import Calibration, query_transform, token_weights, weighted_spread
-    from .estimate import FIT_POSITIONS, fit_offsets
-    from .evaluate import dense_top1_rank, smallest_probes
-    from .head import FlashHead
+def end_tokens(src: Path) -> list[int]:
+    """The tokens that end or frame a turn for this model: its EOS ids (config, generation config,
+    tokenizer) and its chat template's control tokens (chat.control_token_ids)."""
+    from transformers import AutoTokenizer
 
-    t0 = time.perf_counter()
-    cal = Calibration.from_hidden(weight, h)
-    clustering = balanced_kmeans(weight, config.cluster_size, config.iterations, config.seed, device=device,
-                                 progress=progress, metric="euclidean",
-                                 transform=query_transform(cal.sigma_dir), token_weights=token_weights(cal.usage))
-    spread = weighted_spread(weight, clustering.assignments, cal.sigma)
-    index = ClusterIndex(config, clustering.assignments, clustering.centroids, spread, fingerprint(weight),
-                         build=dict(clustering.stats))
-    t1 = time.perf_counter()
-    agreement = None
-    if held_out is not None:
-        ranks = dense_top1_rank(FlashHead(weight, index, probes=1), held_out, weight)
-        probes = probes or smallest_probes(ranks, target_agreement)
-        agreement = float((ranks < probes).float().mean())
-    index.config = dataclasses.replace(config, probes=probes or config.probes)
-    t2 = time.perf_counter()
-    index.offsets = fit_offsets(FlashHead(weight, index), weight, h[:FIT_POSITIONS], progress=progress)
-    t3 = time.perf_counter()
-    index.build["held_out_agreement"] = agreement
-    index.build["seconds"] = {"clustering": round(t1 - t0, 1), "probes": round(t2 - t1, 1),
-                              "estimate": round(t3 - t2, 1)}
-    return index
+    from .chat import control_token_ids
+
+    ids = set(control_token_ids(AutoTokenizer.from_pretrained(src)))
+    for name in ("config.json", "generation_config.json"):
+        path = Path(src) / name
+        eos = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
+        ids |= set(eos) if isinstance(eos, list) else ({eos} if isinstance(eos, int) else set())
+    return sorted(ids)
+
+
+def split_held_out(hs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per source, the last quarter held out (whole texts: positions of one text are too alike
+    to test each other) -> (fit [N, d], held_out [M, d])."""
+    fit = [h[: h.shape[0] - h.shape[0] // 4] for h in hs]
+    held = [h[h.shape[0] - h.shape[0] // 4:] for h in hs]
+    return torch.cat(fit), torch.cat(held)
 
 
 def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool = True,
-          device: str | None = None, calibration="fortunes",
+          device: str | None = None, calibration=None,
           positions: int = CALIBRATION_POSITIONS, target_agreement: float = TARGET_AGREEMENT,
           probes: int | None = None) -> Path:
     """Write a FlashHead model directory for `source` into `out_dir`; returns `out_dir`.
@@ -175,6 +154,7 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     4. estimate: per-token offsets for the full-vocabulary logits (estimate.py).
     """
     config = config or FlashHeadConfig()
+    calibration = DEFAULT_CALIBRATION if calibration is None else calibration
     src = resolve(source)
     out = Path(out_dir).expanduser()
     if out.resolve() == src.resolve():
@@ -195,15 +175,20 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
                              else f"probes must be a positive integer, got {probes}")
     t0 = time.perf_counter()
 
-    h, source_text = calibration_hidden(src, weight, calibration, positions, config.seed, device, progress)
+    hs = calibration_hidden(src, weight, calibration, positions, config.seed, device, progress)
     t_cal = time.perf_counter()
-    fit = h.shape[0] - h.shape[0] // 4
-    index = fit_index(weight, h[:fit], config, device, progress, held_out=h[fit:],
+    if not config.exact_tokens:   # a reply ends where the dense head ends it (config.exact_tokens)
+        config = dataclasses.replace(config, exact_tokens=end_tokens(src))
+    fit, held = split_held_out(hs)
+    index = fit_index(weight, fit, config, device, progress, held_out=held,
                       target_agreement=target_agreement, probes=probes)
     seconds, agreement = index.build.pop("seconds"), index.build.pop("held_out_agreement")
     index.build = {**index.build, "source": str(source),
-                   "calibration": {"text": source_text, "positions": fit,
-                                   "held_out_positions": h.shape[0] - fit,
+                   "calibration": {"text": describe(calibration_sources(calibration)),
+                                   "sources": [s if isinstance(s, str) else "user texts"
+                                               for s in calibration_sources(calibration)],
+                                   "positions": fit.shape[0],
+                                   "held_out_positions": held.shape[0],
                                    "target_agreement": None if probes else target_agreement,
                                    "held_out_agreement": agreement},
                    "seconds": {"calibration": round(t_cal - t0, 1), **seconds,

@@ -56,8 +56,8 @@ def token_usage(weight: torch.Tensor, h: torch.Tensor, chunk: int = 256) -> torc
     return (acc / h.shape[0]).float()
 
 
-def token_weights(usage: torch.Tensor) -> torch.Tensor:
-    return (usage + USAGE_FLOOR).sqrt()
+def token_weights(usage: torch.Tensor, floor: float = USAGE_FLOOR) -> torch.Tensor:
+    return (usage + floor).sqrt()
 
 
 def weighted_spread(weight: torch.Tensor, assignments: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

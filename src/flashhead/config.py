@@ -23,6 +23,10 @@ class FlashHeadConfig:
     # Clusters probed per decode step (stage 2 scores probes*cluster_size exact logits). A build
     # replaces it by the count that reaches the target agreement (build.TARGET_AGREEMENT).
     probes: int = 256
+    # Token ids scored exactly at every step whatever the probes: the tokens that end a turn or a
+    # sequence (EOS, end of turn, the chat template's control tokens), so that a reply ends where
+    # the dense head ends it. A few rows: no measurable cost. A build fills it from the tokenizer.
+    exact_tokens: list = dataclasses.field(default_factory=list)
     # Stage-1 (centroid) storage: "none" keeps the head's dtype, int8/int4 use per-row scales.
     # int8: a quarter of fp32 bytes, no measured loss of agreement (docs/FIDELITY.md).
     quantization: str = "int8"
@@ -36,6 +40,10 @@ class FlashHeadConfig:
             raise FlashHeadError(f"cluster_size must be a positive integer, got {self.cluster_size!r}")
         if not isinstance(self.probes, int) or self.probes < 1:
             raise FlashHeadError(f"probes must be a positive integer, got {self.probes!r}")
+        if not isinstance(self.exact_tokens, (list, tuple)) or not all(
+                isinstance(t, int) and t >= 0 for t in self.exact_tokens):
+            raise FlashHeadError(f"exact_tokens must be a list of token ids, got {self.exact_tokens!r}")
+        self.exact_tokens = sorted(set(self.exact_tokens))
         if self.quantization not in QUANTIZATIONS:
             raise FlashHeadError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if not isinstance(self.iterations, int) or self.iterations < 0:

@@ -14,14 +14,20 @@ import torch
 from . import metrics
 from .config import FlashHeadError
 from .head import FlashHead
+from .fit import dense_top1_rank, smallest_probes
 from .hidden import teacher_forced
 
 
 def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targets: torch.Tensor,
-                    probes: list[int], chunk: int = 64) -> list[dict]:
+                    probes: list[int], chunk: int = 64, stop_ids: list[int] | None = None) -> list[dict]:
     """Teacher-forced metrics per probe count from precomputed hidden states H [N, d] and next
-    tokens [N] (hidden.teacher_forced): a sweep over probes reuses one forward pass of the model."""
-    sums = {p: dict.fromkeys(["agree", "contain1", "contain5", "tv1", "tv07", "nll"], 0.0) for p in probes}
+    tokens [N] (hidden.teacher_forced): a sweep over probes reuses one forward pass of the model.
+    `stop_ids` (the tokens that end a reply): how often FlashHead stops where the dense head
+    stops (`stop_match`, over the positions where the dense greedy token is one of them) and
+    where it does not (`false_stops`, a share of all positions)."""
+    keys = ["agree", "contain1", "contain5", "tv1", "nll", "stop_hit", "stop_n", "false_stop"]
+    sums = {p: dict.fromkeys(keys, 0.0) for p in probes}
+    stops = torch.tensor(sorted(stop_ids or []), dtype=torch.int64)
     dense_nll = 0.0
     w = weight.float()
     with head.flashhead_only():              # measure FlashHead itself at every chunk size
@@ -39,15 +45,23 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
                 acc["contain1"] += float(metrics.containment(tok, dense, 1).sum())
                 acc["contain5"] += float(metrics.containment(tok, dense, 5).sum())
                 acc["tv1"] += float(metrics.tv_distance(logits, dense, 1.0).sum())
-                acc["tv07"] += float(metrics.tv_distance(logits, dense, 0.7).sum())
                 acc["nll"] += float(metrics.nll(logits, t).sum())
+                if stops.numel():
+                    d_stop, f_stop = torch.isin(dense.argmax(1), stops), torch.isin(greedy, stops)
+                    acc["stop_n"] += float(d_stop.sum())
+                    acc["stop_hit"] += float((d_stop & (greedy == dense.argmax(1))).sum())
+                    acc["false_stop"] += float((f_stop & ~d_stop).sum())
     n = H.shape[0]
     rows = []
     for p in probes:
         acc = sums[p]
-        rows.append({"probes": p, "top1_agreement": acc["agree"] / n, "containment": acc["contain1"] / n,
+        extra = {} if not stops.numel() else {
+            "stop_positions": int(acc["stop_n"]), "false_stops": acc["false_stop"] / n,
+            "stop_match": acc["stop_hit"] / acc["stop_n"] if acc["stop_n"] else None}
+        rows.append({"probes": p, **extra,
+                     "top1_agreement": acc["agree"] / n, "containment": acc["contain1"] / n,
                      "containment_top5": acc["contain5"] / n, "tv_distance": acc["tv1"] / n,
-                     "tv_distance_t0.7": acc["tv07"] / n, "ppl_dense": math.exp(dense_nll / n),
+                     "ppl_dense": math.exp(dense_nll / n),
                      "ppl_flashhead": math.exp(acc["nll"] / n),
                      **metrics.cost(head.vocab, head.hidden, head.num_clusters, head.cluster_size, p,
                                     head.config.quantization, weight.dtype),
@@ -56,6 +70,15 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
                                                          head.cluster_size, p, head.config.quantization,
                                                          torch.bfloat16)["bytes_fraction"]})
     return rows
+
+
+def suite_texts(model, tokenizer, domain: str, split: str = "eval") -> list[str]:
+    """Texts of one split of a suite domain (corpus.py); `chat` is answered by `model` (chat.py)."""
+    from . import chat, corpus
+
+    if domain == "chat":
+        return chat.texts(model, tokenizer, split)
+    return corpus.load(split, domain)
 
 
 def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], new_tokens: int) -> dict:
@@ -73,32 +96,9 @@ def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], n
     return out
 
 
-def dense_top1_rank(head: FlashHead, H: torch.Tensor, weight: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """[N]: rank (0 = first) of the cluster holding the dense argmax among the stage-1 scores.
-
-    The dense top-1 token is probed, and FlashHead's greedy token equals it, when this rank is
-    below P: one pass gives the agreement of every probe count. Clusters tied with it count as
-    ranked before it (bf16 scores of the CPU int8 kernel tie often)."""
-    w = weight.float()
-    ranks = []
-    for s in range(0, H.shape[0], chunk):
-        h = H[s:s + chunk]
-        top1 = (h.float() @ w.T).argmax(1)                                    # [n]
-        scores = head.scores(h.to(weight.dtype))                              # [n, K]
-        own = scores.gather(1, head.assignments[top1].unsqueeze(1))           # [n, 1]
-        ranks.append((scores >= own).sum(1) - 1)
-    return torch.cat(ranks)
-
-
-def smallest_probes(ranks: torch.Tensor, target: float) -> int:
-    """Smallest P whose greedy agreement reaches `target`, from dense_top1_rank's ranks [N]."""
-    ranks = ranks.sort().values
-    need = min(max(math.ceil(target * ranks.numel()), 1), ranks.numel())
-    return int(ranks[need - 1]) + 1
-
-
 def evaluate(model, tokenizer, texts: list[str], probes: list[int] | None = None, max_positions: int = 4096,
-             prompts: int = 8, new_tokens: int = 32, target_agreement: float | None = None) -> dict:
+             prompts: int = 8, new_tokens: int = 32, target_agreement: float | None = None,
+             stop_ids: list[int] | None = None) -> dict:
     """Fidelity of the model's FlashHead vs its dense head. `model` has a FlashHeadLMHead (hf.load)."""
     lm = model.lm_head
     head = lm.flashhead
@@ -107,7 +107,7 @@ def evaluate(model, tokenizer, texts: list[str], probes: list[int] | None = None
         if not 1 <= p <= head.num_clusters:
             raise FlashHeadError(f"probes must lie in [1, {head.num_clusters}], got {p}")
     H, targets = teacher_forced(model, tokenizer, texts, max_positions)
-    rows = evaluate_hidden(head, lm.weight.detach(), H, targets, probes)
+    rows = evaluate_hidden(head, lm.weight.detach(), H, targets, probes, stop_ids=stop_ids)
     if prompts > 0:
         starts = [" ".join(t.split()[:8]) for t in texts[:prompts]]
         match = _generation_match(model, tokenizer, starts, probes, new_tokens)
@@ -117,20 +117,56 @@ def evaluate(model, tokenizer, texts: list[str], probes: list[int] | None = None
     out = {"model": getattr(model.config, "_name_or_path", ""), "vocab": head.vocab, "hidden": head.hidden,
            "clusters": head.num_clusters, "cluster_size": head.cluster_size,
            "quantization": head.config.quantization, "dtype": str(lm.weight.dtype).replace("torch.", ""),
-           "positions": int(H.shape[0]), "prompts": prompts, "results": rows}
+           "positions": int(H.shape[0]), "positions_asked": max_positions, "prompts": prompts,
+           "exact_tokens": head.exact_ids.numel(),
+           "results": rows}
     if target_agreement is not None:
         out["target_agreement"] = target_agreement
         out["smallest_probes"] = smallest_probes(dense_top1_rank(head, H, lm.weight.detach()), target_agreement)
     return out
 
 
+def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: list[int] | None = None,
+                   max_positions: int = 3072, prompts: int = 4, new_tokens: int = 32,
+                   progress: bool = False) -> dict:
+    """`evaluate` on the eval documents of every suite domain (corpus.SUITE), with the worst domain
+    per metric. A domain the build calibrated on is marked `in_domain` (its numbers are then
+    in-domain: another split of the same corpus); the worst is taken over the other domains."""
+    from . import chat, corpus
+
+    head = model.lm_head.flashhead
+    cal = head.build.get("calibration") or {}
+    seen = set(cal.get("sources") or [])
+    out = {"model": getattr(model.config, "_name_or_path", ""), "calibration": cal.get("text"), "domains": {}}
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if domains and "chat" in domains and not has_chat:
+        raise FlashHeadError("the chat domain needs a model with a chat template; this tokenizer has none")
+    out["skipped"] = [] if has_chat or domains else ["chat (no chat template: a base model)"]
+    for d in domains or [d for d in corpus.SUITE if d != "chat" or has_chat]:
+        if progress:
+            print(f"eval: {d}", flush=True)
+        stop = chat.control_token_ids(tokenizer) if d == "chat" else None
+        r = evaluate(model, tokenizer, suite_texts(model, tokenizer, d, "eval"), probes, max_positions,
+                     prompts, new_tokens, stop_ids=stop)
+        r["in_domain"] = d in seen
+        out["domains"][d] = r
+    unseen = {d: r for d, r in out["domains"].items() if not r["in_domain"]} or out["domains"]
+    worst = {}
+    for key, sign in (("top1_agreement", 1), ("tv_distance", -1), ("ppl_ratio", -1)):
+        def value(r):
+            x = r["results"][0]
+            return x["ppl_flashhead"] / x["ppl_dense"] if key == "ppl_ratio" else x[key]
+        d = min(unseen, key=lambda d: sign * value(unseen[d]))
+        worst[key] = {"domain": d, "value": value(unseen[d])}
+    out["worst"] = worst
+    return out
+
+
 def set_default_probes(model_dir, probes: int) -> None:
     """Write `probes` as the default of a FlashHead model directory (flashhead.json)."""
-    from .build import CACHE_KEY, read_config
-    from .index import ClusterIndex
+    from .layout import load_assets
 
-    assets = Path(model_dir) / read_config(Path(model_dir))[CACHE_KEY]
-    index = ClusterIndex.load(assets)
+    index = load_assets(model_dir)
     index.config.probes = probes
     index.save(model_dir)
 
@@ -159,6 +195,35 @@ def plot(result: dict, path) -> None:
     name = Path(str(result.get("model", ""))).name
     fig.suptitle(f"{name}: {result['clusters']} clusters x {result['cluster_size']}, "
                  f"{result['positions']} positions of held-out text")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_suite(result: dict, path) -> None:
+    """PNG: per domain, top-1 agreement and TV distance against bytes read (bf16), one line per
+    domain over the probe counts evaluated, with the targets of docs/FIDELITY.md dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for d, r in result["domains"].items():
+        rows = sorted(r["results"], key=lambda x: x["bytes_fraction_bf16"])
+        x = [q["bytes_fraction_bf16"] for q in rows]
+        label = d + (" (in-domain)" if r["in_domain"] else "")
+        for ax, key in ((axes[0], "top1_agreement"), (axes[1], "tv_distance")):
+            ax.plot(x, [q[key] for q in rows], "o-", label=label, ls="--" if r["in_domain"] else "-")
+    for ax, label, target in ((axes[0], "greedy top-1 agreement", 0.995), (axes[1], "TV distance to dense (T=1)", 0.03)):
+        ax.axhline(target, color="gray", ls=":")
+        ax.axvline(0.125, color="gray", ls=":")
+        ax.set_xlabel("bytes read per step / dense head (bf16), mean over steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{Path(str(result.get('model', ''))).name}: per domain, calibrated on {result.get('calibration')}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -62,6 +62,7 @@ class FlashHead(torch.nn.Module):
             _check(index.fingerprint, weight, "FlashHead assets")
         self.weight = weight  # the model's tensor, shared (not registered: the model owns it)
         self.config = index.config
+        self.build = index.build          # the build record (calibration, held-out agreement, ...)
         self.vocab, self.hidden = weight.shape
         self.cluster_size = index.config.cluster_size
         self.num_clusters = index.num_clusters
@@ -79,6 +80,10 @@ class FlashHead(torch.nn.Module):
         self.register_buffer("assignments32", index.assignments.int().to(weight.device), persistent=False)
         self.register_buffer("within32", within.to(weight.device), persistent=False)
         self.register_buffer("offsets", index.offsets.float().to(weight.device), persistent=False)  # [V]
+        exact = torch.tensor(index.config.exact_tokens, dtype=torch.int64)
+        if exact.numel() and int(exact.max()) >= self.vocab:
+            raise FlashHeadError(f"exact_tokens holds ids outside the vocabulary ({self.vocab})")
+        self.register_buffer("exact_ids", exact.to(weight.device), persistent=False)            # [F]
         self.kernel = kernel
         self.dense_above: float | None = None   # the dense rule (see DENSE_RULE_ENV); None: off
         self.stats = {"flashhead_steps": 0, "dense_steps": 0}
@@ -94,7 +99,8 @@ class FlashHead(torch.nn.Module):
     @kernel.setter
     def kernel(self, k: Kernel | str) -> None:
         self._kernel = kernels.parse(k)
-        kernels.resolve(self._kernel, self.weight.device)  # an explicit choice fails here, clearly
+        # resolved once, here (an explicit choice fails here, clearly), not on every step
+        self._resolved = kernels.resolve(self._kernel, self.weight.device)
 
     @property
     def probes(self) -> int:
@@ -109,12 +115,12 @@ class FlashHead(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"vocab={self.vocab}, hidden={self.hidden}, clusters={self.num_clusters}, "
                 f"cluster_size={self.cluster_size}, probes={self.probes}, "
-                f"quantization={self.config.quantization}")
+                f"quantization={self.config.quantization}, exact_tokens={self.exact_ids.numel()}")
 
     # ---- the two stages ------------------------------------------------------------------------
 
     def _path(self):
-        return _PATHS[kernels.resolve(self._kernel, self.weight.device)]
+        return _PATHS[self._resolved]
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> stage-1 cluster scores [N, K] fp32, as the kernel computes them."""
@@ -123,6 +129,15 @@ class FlashHead(torch.nn.Module):
     def probe(self, h: torch.Tensor):
         """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs], exact logits [N, P*cs] fp32."""
         return self._path().probe(self, h)
+
+    def with_exact(self, h: torch.Tensor, tok: torch.Tensor, z: torch.Tensor):
+        """Append the always-exact tokens (config.exact_tokens) to a step's token ids and exact
+        logits [N, *] (a token also probed appears twice, with the same logit)."""
+        if not self.exact_ids.numel():
+            return tok, z
+        rows = self.weight.index_select(0, self.exact_ids).float()                 # [F, d]
+        return (torch.cat([tok, self.exact_ids.expand(tok.shape[0], -1)], 1),
+                torch.cat([z, h.float() @ rows.T], 1))
 
     def fill_logits(self, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor,
                     out: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,5 +202,5 @@ class FlashHead(torch.nn.Module):
         fn = getattr(self._path(), name)
         if not (self.cuda_graphs and h.is_cuda):
             return fn(self, h)
-        key = (name, h.shape[0], h.dtype, self._probes, kernels.resolve(self._kernel, h.device))
+        key = (name, h.shape[0], h.dtype, self._probes, self._resolved)
         return self._graphs.run(key, lambda x: fn(self, x), h)

@@ -18,7 +18,8 @@ Default probes: the smallest count reaching --target-agreement on the last quart
 
 
 def add_arguments(p):
-    from ..build import CALIBRATION_POSITIONS, TARGET_AGREEMENT
+    from ..build import CALIBRATION_POSITIONS
+    from ..fit import TARGET_AGREEMENT
     from ..config import FlashHeadConfig, QUANTIZATIONS
     from ..sources import ALIASES
 
@@ -31,8 +32,8 @@ def add_arguments(p):
     p.add_argument("--target-agreement", type=float, default=TARGET_AGREEMENT,
                    help="greedy agreement with the dense head that picks the default probes, on "
                         "held-out calibration positions (default %(default)s)")
-    p.add_argument("--calibrate-on", nargs="+", default=["fortunes"], metavar="SOURCE",
-                   help="fortunes (default), self, or text files (see below)")
+    p.add_argument("--calibrate-on", nargs="+", default=None, metavar="SOURCE",
+                   help="sources: self, suite, domain names, or text files (default: see below)")
     p.add_argument("--calibration-positions", type=int, default=CALIBRATION_POSITIONS,
                    help="hidden states to calibrate on (default %(default)s)")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default=d.quantization, help="stage-1 storage (default %(default)s)")
@@ -46,16 +47,21 @@ def run(args):
     from ..build import build
     from ..config import FlashHeadConfig
     from ..corpus import read_files
-    from ..index import ASSETS_DIR, ClusterIndex
+    from ..layout import load_assets
 
     config = FlashHeadConfig(cluster_size=args.cluster_size, quantization=args.quantization,
                              iterations=args.iterations, seed=args.seed)
-    on = args.calibrate_on
-    calibration = on[0] if on in (["fortunes"], ["self"]) else read_files(on)
+    from ..build import DEFAULT_CALIBRATION, calibration_sources
+    from ..corpus import DOMAINS
+
+    names = [x for x in (args.calibrate_on or []) if x in ("self", "suite", "fortunes") or x in DOMAINS]
+    files = [x for x in (args.calibrate_on or []) if x not in names]
+    calibration = calibration_sources(names + ([read_files(files)] if files else [])) \
+        if args.calibrate_on else DEFAULT_CALIBRATION
     out = build(args.source, args.output, config, progress=not args.json, device=args.device,
                 calibration=calibration, positions=args.calibration_positions,
                 target_agreement=args.target_agreement, probes=args.probes)
-    index = ClusterIndex.load(out / ASSETS_DIR)
+    index = load_assets(out)
     stats = index.build
     if args.json:
         print(json.dumps({"output": str(out), "config": index.config.to_dict(), "build": stats}))

@@ -28,13 +28,13 @@ def run(args):
     from ..config import FlashHeadError
     from ..metrics import common_prefix
     from ..generation import generate
-    from ..index import ASSETS_DIR, ClusterIndex
+    from ..layout import load_assets
     from ..integrations import hf
     from ..sources import cache_root
 
     out = cache_root() / "models" / f"{args.model}-flashhead"
     try:
-        ClusterIndex.load(out / ASSETS_DIR)
+        load_assets(out)
         cached = not args.rebuild
     except FlashHeadError:
         cached = False

@@ -5,21 +5,28 @@ import json
 
 from . import int_list
 
-HELP = "measure fidelity to the dense head on real text (agreement, TV, perplexity, bytes)"
+HELP = "measure fidelity to the dense head on real text (agreement, TV, perplexity, bytes), per domain"
 EPILOG = """examples:
-  flashhead eval models/smollm2-flashhead --probes 16,64,256 --json
-  flashhead eval models/gemma-3-270m-flashhead --probes 64,256,1024 --plot pareto.png
+  flashhead eval models/gemma-3-270m-flashhead                       # the domain suite (default)
+  flashhead eval models/gemma-3-270m-flashhead --suite --json --plot domains.png
+  flashhead eval models/smollm2-flashhead --domain german --domain code --probes 128,256,512
   flashhead eval models/gemma-3-270m-flashhead --text my_notes.txt --target-agreement 0.995 --write-default
+
+Without --text, the text is the suite: the eval documents of every domain (prose, docs, code, legal,
+german, russian, chat; src/flashhead/corpus.py), the worst domain the build never saw reported.
+With --text, only those files (one text per blank-line separated paragraph).
 """
 
 
 def add_arguments(p):
     p.add_argument("model_dir", help="a FlashHead model directory")
-    p.add_argument("--text", action="append", default=[], help="also evaluate on this text file (repeatable)")
-    p.add_argument("--no-corpus", action="store_true", help="only the --text files, not the built-in corpus")
-    p.add_argument("--probes", type=int_list, default=None, help="probe counts, e.g. 64,256,1024 (default: the model's)")
-    p.add_argument("--max-positions", type=int, default=4096, help="teacher-forced positions (default %(default)s)")
-    p.add_argument("--prompts", type=int, default=8, help="free-running generations compared (default %(default)s)")
+    p.add_argument("--text", action="append", default=[], help="evaluate on this text file only (repeatable)")
+    p.add_argument("--suite", action="store_true", help="every domain of the suite (the default without --text)")
+    p.add_argument("--domain", action="append", default=[], help="one suite domain (repeatable)")
+    p.add_argument("--probes", type=int_list, default=None,
+                   help="probe counts, e.g. 64,256,1024 (default: the model's)")
+    p.add_argument("--max-positions", type=int, default=3072, help="teacher-forced positions per text (default %(default)s)")
+    p.add_argument("--prompts", type=int, default=4, help="free-running generations compared (default %(default)s)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens per generation (default %(default)s)")
     p.add_argument("--target-agreement", type=float, default=None, help="find the smallest probe count reaching this agreement")
     p.add_argument("--write-default", action="store_true", help="with --target-agreement: save it as the model's default probes")
@@ -27,10 +34,20 @@ def add_arguments(p):
     p.add_argument("--plot", default=None, help="write a PNG of agreement and TV vs bytes read")
 
 
+COLS = ["probes", "top1_agreement", "tv_distance", "ppl_dense", "ppl_flashhead",
+        "generation_match", "bytes_fraction_bf16"]
+
+
+def _table(result: dict) -> None:
+    print("  ".join(f"{c:>16}" for c in COLS))
+    for r in result["results"]:
+        print("  ".join(f"{r.get(c) if r.get(c) is not None else float('nan'):>16.4g}" for c in COLS))
+
+
 def run(args):
     from .. import corpus
     from ..config import FlashHeadError
-    from ..evaluate import evaluate, plot, set_default_probes
+    from ..evaluate import evaluate, evaluate_suite, plot, plot_suite, set_default_probes
     from ..integrations import hf
 
     if args.write_default and args.target_agreement is None:
@@ -39,10 +56,32 @@ def run(args):
         raise FlashHeadError("--target-agreement must lie in (0, 1]")
     if args.max_positions < 1 or args.prompts < 0 or args.new_tokens < 1:
         raise FlashHeadError("need --max-positions >= 1, --prompts >= 0, --new-tokens >= 1")
+    if args.text and (args.suite or args.domain):
+        raise FlashHeadError("--text evaluates your files only: leave out --suite and --domain")
+    for d in args.domain:
+        if d not in corpus.SUITE:
+            raise FlashHeadError(f"unknown domain {d!r}: choose from {', '.join(corpus.SUITE)}")
+    if not args.text and args.target_agreement is not None:
+        raise FlashHeadError("--target-agreement needs --text (the text to tune the probes on)")
     texts = corpus.read_files(args.text)
-    if not args.no_corpus:
-        texts += corpus.load("eval")
+    if args.text and not texts:
+        raise FlashHeadError("the --text files hold no text")
     model, tok = hf.load(args.model_dir)
+    if not args.text:
+        result = evaluate_suite(model, tok, args.domain or None, args.probes, args.max_positions, args.prompts,
+                                args.new_tokens, progress=not args.json)
+        if args.plot:
+            plot_suite(result, args.plot)
+        if args.json:
+            print(json.dumps(result))
+            return
+        for d, r in result["domains"].items():
+            note = " (in-domain: the build calibrated on it)" if r["in_domain"] else ""
+            print(f"\n{d}{note}: {r['positions']} positions")
+            _table(r)
+        print("\nworst domain the build never saw:", ", ".join(
+            f"{k} {v['value']:.4g} ({v['domain']})" for k, v in result["worst"].items()))
+        return
     result = evaluate(model, tok, texts, args.probes, args.max_positions, args.prompts, args.new_tokens,
                       args.target_agreement)
     if args.plot:
@@ -52,13 +91,11 @@ def run(args):
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{result['model']}: {result['positions']} positions, {result['clusters']} clusters x "
+    short = f" (the text has {result['positions']} of the {args.max_positions} positions asked)" \
+        if result["positions"] < args.max_positions else ""
+    print(f"{result['model']}: {result['positions']} positions{short}, {result['clusters']} clusters x "
           f"{result['cluster_size']}, stage 1 {result['quantization']}, {result['dtype']}")
-    cols = ["probes", "top1_agreement", "containment_top5", "tv_distance", "ppl_dense", "ppl_flashhead",
-            "generation_match", "bytes_fraction"]
-    print("  ".join(f"{c:>16}" for c in cols))
-    for r in result["results"]:
-        print("  ".join(f"{r.get(c, float('nan')):>16.4g}" for c in cols))
+    _table(result)
     if args.target_agreement is not None:
         note = " (written as default)" if args.write_default else ""
         print(f"smallest probes reaching {args.target_agreement}: {result['smallest_probes']}{note}")

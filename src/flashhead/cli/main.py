@@ -22,12 +22,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
     for name in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(f"flashhead.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"flashhead.cli.{name}":
-                continue
-            raise
+        mod = importlib.import_module(f"flashhead.cli.{name}")
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
                            epilog=getattr(mod, "EPILOG", None),
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..build import CACHE_KEY, read_config
+from ..layout import load_assets, read_config
 from ..config import FlashHeadError
 from ..head import FlashHead, dense_rule
 from ..index import ClusterIndex
@@ -57,13 +57,6 @@ class FlashHeadLMHead(torch.nn.Module):
         return f"use_flashhead={self.use_flashhead}"
 
 
-def head_weight(model) -> torch.Tensor:
-    head = model.get_output_embeddings()
-    if head is None:
-        raise FlashHeadError(f"{type(model).__name__} has no output head")
-    return head.weight
-
-
 def apply(model, index: ClusterIndex, probes: int | None = None) -> FlashHeadLMHead:
     """Replace the model's output head by FlashHead (in place); returns the new head."""
     head = model.get_output_embeddings()
@@ -76,10 +69,6 @@ def apply(model, index: ClusterIndex, probes: int | None = None) -> FlashHeadLMH
     return new
 
 
-def is_flashhead_dir(model_dir) -> bool:
-    return CACHE_KEY in read_config(Path(model_dir))
-
-
 def load(model_dir, dense: bool = False, probes: int | None = None, dtype=torch.float32,
          device: str | None = None):
     """Load a FlashHead model directory in transformers -> (model, tokenizer).
@@ -89,13 +78,8 @@ def load(model_dir, dense: bool = False, probes: int | None = None, dtype=torch.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    if CACHE_KEY not in config and not dense:
-        raise FlashHeadError(f"{model_dir} is not a FlashHead model directory (no {CACHE_KEY} in "
-                             f"config.json); build one with `flashhead build`")
-    index = None
-    if not dense:
-        index = ClusterIndex.load(model_dir / config[CACHE_KEY])  # fail fast, before the model load
+    read_config(model_dir)                                        # a clear error if not a model dir
+    index = None if dense else load_assets(model_dir)             # fail fast, before the model load
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     if device:
         model.to(device)

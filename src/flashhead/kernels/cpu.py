@@ -76,10 +76,10 @@ def probe(head, h: torch.Tensor):
         else:
             z[j, :, : t.numel()].copy_(torch.mm(r, hf.t(), out=wide[: t.numel()]).t())
     if n == 1:
-        return scores, utok.unsqueeze(0), z.view(1, -1)[:, : utok.numel()]
+        return (scores, *head.with_exact(h, utok.unsqueeze(0), z.view(1, -1)[:, : utok.numel()]))
     slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
     mine = z.view(chunks, n, per, cs)[slot // per, torch.arange(n).unsqueeze(1), slot % per]
-    return scores, head.block_ids[top].flatten(1), mine.flatten(1)       # [N, P*cs] each
+    return (scores, *head.with_exact(h, head.block_ids[top].flatten(1), mine.flatten(1)))  # [N, P*cs(+F)]
 
 
 def greedy(head, h: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,14 @@ def stage1(head, h: torch.Tensor) -> torch.Tensor:
 
 
 def probe(head, h: torch.Tensor):
-    """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs], exact logits z [N, P*cs] fp32."""
+    """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs (+F)], exact logits z [N, P*cs (+F)]
+    fp32 (F: the always-exact tokens, head.with_exact)."""
     scores = stage1(head, h)                                             # [N, K]
     top = scores.topk(head.probes, dim=1, sorted=False).indices          # [N, P]
     tok = head.block_ids[top].flatten(1)                                 # [N, P*cs]
     rows = head.weight.index_select(0, tok.flatten()).view(*tok.shape, head.hidden)
     z = torch.bmm(rows.float(), h.float().unsqueeze(2)).squeeze(2)      # [N, P*cs]
-    return scores, tok, z
+    return (scores, *head.with_exact(h, tok, z))
 
 
 def greedy(head, h: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,6 @@ import torch
 import triton
 import triton.language as tl
 
-INT64_MIN = -(2 ** 63)
 # Launch configurations of the decode step (triton_path.py), from `benchmarks/kernels_gpu.py
 # --sweep` on an H200 (docs/KERNELS.md), Llama shape, N=1: stage 1 over 96 configurations, best
 # 12.4 µs (the earlier 32 x 128, 4 stages: 13.2); stage 2 with 1 cluster x 1024 columns per
@@ -32,6 +31,9 @@ TUNED = {"stage1": dict(block_k=64, block_d=256, num_stages=4, num_warps=4),   #
 # bisection: 22.1/20.6/21.9); 16384 lanes (K = 9,496 / 16,384), key bisection: 8 warps 56.2/31.7,
 # 16 warps 42.5/33.2, 32 warps 53.0/37.8.
 TOPK_WARPS = {8192: 8, 16384: 16}
+
+
+_INT64_MIN: tl.constexpr = tl.constexpr(-9223372036854775807 - 1)   # no (logit, token) yet
 
 
 @triton.jit
@@ -102,7 +104,7 @@ def _topk_kernel(S, TOP, SLOT, BEST, K, P, stride_s, BLOCK: tl.constexpr):
     pos = tl.where(gt, tl.cumsum(gt.to(tl.int32), 0) - 1, pos_eq)
     tl.store(TOP + n * P + pos, offs, mask=sel)
     tl.store(SLOT + n * K + offs, tl.where(sel, pos, -1), mask=m)
-    tl.store(BEST + n, tl.full((), -9223372036854775807 - 1, tl.int64))
+    tl.store(BEST + n, tl.full((), _INT64_MIN, tl.int64))
 
 
 @triton.jit
@@ -126,7 +128,7 @@ def _stage2_kernel(H, W, IDS, TOP, Z, BEST, P, D, stride_h, stride_w,
     z = tl.sum(acc, 1)                                           # [R] exact logits
     tl.store(Z + n * P * CS + slot * CS + r % CS, z, mask=rm)
     packed = (_order_key(z).to(tl.int64) << 32) | tok.to(tl.int64)
-    packed = tl.where(rm, packed, -9223372036854775807 - 1)
+    packed = tl.where(rm, packed, _INT64_MIN)
     tl.atomic_max(BEST + n, tl.max(packed, 0))
 
 

@@ -20,18 +20,32 @@ def stage1(head, h: torch.Tensor) -> torch.Tensor:
     return tk.stage1(h, c, scale, **(tk.TUNED["stage1"] if tuned else {}))
 
 
+def _packed(z: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+    """(logit, token) -> int64 keys ordered as the logits (triton_kernels._order_key, high 32 bits)."""
+    b = z.contiguous().view(torch.int32)
+    key = torch.where(b < 0, b ^ 0x7FFFFFFF, b).to(torch.int64)
+    return (key << 32) | tok.to(torch.int64)
+
+
 def _run(head, h: torch.Tensor):
     tk = _tk()
     scores = stage1(head, h)                                           # [N, K] fp32
     top, slot, best = tk.topk(scores, head.probes)  # [N, P], [N, K], [N]
     launch = tk.TUNED["stage2" if h.shape[0] < 8 else "stage2_batch"]
     z = tk.stage2(h, head.weight, head.block_ids32, top, best, **launch)  # [N, P*cs]
-    return scores, top, slot, best, z
+    zx = None
+    if head.exact_ids.numel():                                         # always-exact tokens
+        zx = h.float() @ head.weight.index_select(0, head.exact_ids).float().T   # [N, F]
+        best = torch.maximum(best, _packed(zx, head.exact_ids.expand_as(zx)).amax(1))
+    return scores, top, slot, best, z, zx
 
 
 def probe(head, h: torch.Tensor):
-    scores, top, _, _, z = _run(head, h)
-    return scores, head.block_ids[top].flatten(1), z
+    scores, top, _, _, z, zx = _run(head, h)
+    tok = head.block_ids[top].flatten(1)
+    if zx is None:
+        return scores, tok, z
+    return scores, torch.cat([tok, head.exact_ids.expand(tok.shape[0], -1)], 1), torch.cat([z, zx], 1)
 
 
 def greedy(head, h: torch.Tensor) -> torch.Tensor:
@@ -40,8 +54,11 @@ def greedy(head, h: torch.Tensor) -> torch.Tensor:
 
 
 def logits(head, h: torch.Tensor) -> torch.Tensor:
-    scores, _, slot, _, z = _run(head, h)
-    best = z.amax(1)                                                   # [N] the best exact logit
+    scores, _, slot, _, z, zx = _run(head, h)
+    best = z.amax(1) if zx is None else torch.maximum(z.amax(1), zx.amax(1))   # [N] best exact logit
     cap = torch.nextafter(best, torch.full_like(best, float("-inf")))  # estimates stay below it
-    return _tk().logits(scores, head.offsets, cap, slot, z, head.assignments32, head.within32,
-                        head.cluster_size)
+    out = _tk().logits(scores, head.offsets, cap, slot, z, head.assignments32, head.within32,
+                       head.cluster_size)
+    if zx is not None:
+        out.scatter_(1, head.exact_ids.expand(out.shape[0], -1), zx)
+    return out

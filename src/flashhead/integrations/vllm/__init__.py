@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 
-SUPPORTED_VLLM = "0.32"
 _registered = False
 
 

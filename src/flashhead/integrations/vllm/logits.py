@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from ...build import CACHE_KEY, read_head_weight
+from ...layout import CACHE_KEY, read_head_weight
 from ...config import FlashHeadError
 from ...head import FlashHead, dense_rule
 from ...index import ClusterIndex, check_fingerprint

@@ -1,0 +1,121 @@
+"""Per-domain fidelity experiments on cached hidden states (benchmarks/suite_data.py).
+
+    python benchmarks/suite_lab.py MODEL [--variants fortunes self mix loo] [--json OUT]
+
+Each variant is a calibration: a set of sources whose calibration documents (and the model's own
+samples, `self`) fit a build with fit.fit_index, exactly as `flashhead build` does; it is then
+scored on the eval documents of every suite domain with the library's own step
+(evaluate.evaluate_hidden), at the build's own probe setting. `loo` = one build per suite domain
+X, calibrated on every source but X, scored on X: the out-of-domain number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def calibration(data: dict, sources: list[str], total: int):
+    """Equal shares of `total` positions from each source: (fit [N, d], held-out [M, d]), the last
+    quarter of every share held out (whole texts, as build.py holds out the last quarter)."""
+    share = total // len(sources)
+    fit, held = [], []
+    for s in sources:
+        h = data[f"{s}/cal_h"][:share]
+        k = h.shape[0] - h.shape[0] // 4
+        fit.append(h[:k])
+        held.append(h[k:])
+    return torch.cat(fit), torch.cat(held)
+
+
+def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, **kw):
+    """fit.fit_index on the sources' calibration states, cached by model and sources; -> (index, held)."""
+    from flashhead import ClusterIndex, FlashHeadConfig
+    from flashhead.fit import fit_index
+    from flashhead.sources import cache_root
+
+    fit, held = calibration(data, sources, positions)
+    from flashhead.fit import TARGET_AGREEMENT
+
+    kw.setdefault("target_agreement", TARGET_AGREEMENT)
+    tag = "-".join(sorted(sources)) + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
+    path = cache_root() / "suite" / "indices" / model / tag
+    if (path / "flash_head_assets").is_dir():
+        return ClusterIndex.load(path / "flash_head_assets"), held
+    index = fit_index(data["head"], fit, FlashHeadConfig(), held_out=held, **kw)
+    index.save(path)
+    return index, held
+
+
+def main():
+    from suite_data import load
+
+    from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, balanced_kmeans
+    from flashhead.corpus import DOMAINS, SUITE
+    from flashhead.evaluate import evaluate_hidden
+    from flashhead.index import fingerprint
+
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--variants", nargs="+", default=["suite", "loo", "prose", "self", "cosine"])
+    p.add_argument("--positions", type=int, default=16384)
+    p.add_argument("--eval-positions", type=int, default=3072, help="scored positions per domain")
+    p.add_argument("--usage-floor", type=float, default=None, help="calibrate.USAGE_FLOOR for these builds")
+    p.add_argument("--json", default=None, help="write the rows here (docs/bench/suite-MODEL.json); "
+                   "rows of variants not run this time are kept")
+    a = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("FLASHHEAD_THREADS", "2")))
+    data = load(a.model)
+    w = data["head"]
+    suite = [d for d in SUITE if f"{d}/eval_h" in data]        # no chat for a base model
+    everything = [d for d in DOMAINS if f"{d}/cal_h" in data] + ["self"]
+    plans = []
+    for v in a.variants:
+        if v == "suite":      # the default build: every source
+            plans.append((v, everything, suite))
+        elif v == "loo":      # leave one domain out: the build never saw X, scored on X
+            plans += [(f"without {x}", [s for s in everything if s != x], [x]) for x in suite]
+        elif v.startswith("without:"):   # one leave-one-out build, e.g. without:german
+            x = v.split(":", 1)[1]
+            plans.append((f"without {x}", [s for s in everything if s != x], [x]))
+        elif v in everything:
+            plans.append((v, [v], suite))
+        elif v == "cosine":   # the uncalibrated recipe: balanced spherical k-means of the head rows
+            plans.append((v, None, suite))
+        else:
+            raise SystemExit(f"unknown variant {v}")
+    out = json.loads(Path(a.json).read_text()) if a.json and Path(a.json).is_file() else []
+    names = {name for name, _, _ in plans}
+    out = [r for r in out if r["variant"] not in names]
+    base = None
+    for name, sources, domains in plans:
+        t = time.time()
+        if sources is None:
+            c = balanced_kmeans(w, 16, 8, progress=False)
+            index = ClusterIndex(FlashHeadConfig(probes=base or 1), c.assignments, c.centroids, c.spread, fingerprint(w))
+        else:
+            kw = {} if a.usage_floor is None else {"usage_floor": a.usage_floor}
+            index, _ = fitted(a.model, data, sources, a.positions, **kw)
+            base = base or index.config.probes
+        head = FlashHead(w, index)
+        for dom in domains:
+            n = a.eval_positions
+            r = evaluate_hidden(head, w, data[f"{dom}/eval_h"][:n], data[f"{dom}/eval_y"][:n], [head.probes], chunk=256)[0]
+            r.update(variant=name, domain=dom, sources=sources, seconds=round(time.time() - t))
+            out.append(r)
+            print(f"{name:>18} {dom:>8} P={r['probes']:>5} agree {r['top1_agreement']:.4f} "
+                  f"TV {r['tv_distance']:.4f} ppl {r['ppl_flashhead'] / r['ppl_dense']:.3f} "
+                  f"bytes {r['bytes_fraction_bf16']:.3f}", flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

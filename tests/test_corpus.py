@@ -1,0 +1,41 @@
+"""The domain suite (corpus.py): real text from packages, split by document, never by sentence."""
+import pytest
+
+from flashhead import corpus
+from flashhead.config import FlashHeadError
+
+
+@pytest.mark.parametrize("domain", [d for d in corpus.DOMAINS if d != "chat"])
+def test_domains_split_by_document_without_overlap(domain):
+    docs = corpus.documents(domain)
+    ev, cal = corpus.load("eval", domain), corpus.load("calibration", domain)
+    # enough text for 3,072 evaluation positions and a calibration share in every domain
+    assert len(ev) >= 30 and len(cal) >= 30 and sum(map(len, ev)) > 40_000
+    assert not set(ev) & set(cal)
+    # every text of a document lies on one side: the split is by document
+    side = {t: "eval" for t in ev} | {t: "calibration" for t in cal}
+    for name, texts in docs[:: max(1, len(docs) // 200)]:
+        assert len({side[t] for t in texts if t in side}) <= 1, name
+    assert corpus.load("eval", domain) == ev                       # stable
+
+
+def test_code_keeps_its_lines_and_russian_is_cyrillic():
+    code = corpus.load("eval", "code")
+    assert sum("\n    " in t for t in code) > len(code) // 4          # indentation kept
+    ru = "".join(corpus.load("eval", "russian")[:50])
+    assert sum("\u0400" <= c <= "\u04ff" for c in ru) > len(ru) // 2
+
+
+def test_prose_split_is_the_historical_fortunes_split():
+    # the eval half of `prose` is what earlier releases called the eval split of fortunes
+    import hashlib
+    assert all(hashlib.sha1(t.encode()).digest()[0] % 2 == 0 for t in corpus.load("eval", "prose"))
+
+
+def test_faq_questions_and_bad_names():
+    qs = corpus.faq_questions()
+    assert len(qs) >= 50 and all(q.endswith("?") for q in qs)
+    with pytest.raises(FlashHeadError, match="unknown text domain"):
+        corpus.documents("klingon")
+    with pytest.raises(FlashHeadError, match="split must be one of"):
+        corpus.load("train", "prose")
