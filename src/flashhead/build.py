@@ -154,7 +154,7 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     4. estimate: per-token offsets for the full-vocabulary logits (estimate.py).
     """
     config = config or FlashHeadConfig()
-    calibration = DEFAULT_CALIBRATION if calibration is None else calibration
+    sources = calibration_sources(DEFAULT_CALIBRATION if calibration is None else calibration)
     src = resolve(source)
     out = Path(out_dir).expanduser()
     if out.resolve() == src.resolve():
@@ -175,7 +175,7 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
                              else f"probes must be a positive integer, got {probes}")
     t0 = time.perf_counter()
 
-    hs = calibration_hidden(src, weight, calibration, positions, config.seed, device, progress)
+    hs = calibration_hidden(src, weight, sources, positions, config.seed, device, progress)
     t_cal = time.perf_counter()
     if not config.exact_tokens:   # a reply ends where the dense head ends it (config.exact_tokens)
         config = dataclasses.replace(config, exact_tokens=end_tokens(src))
@@ -184,9 +184,8 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
                       target_agreement=target_agreement, probes=probes)
     seconds, agreement = index.build.pop("seconds"), index.build.pop("held_out_agreement")
     index.build = {**index.build, "source": str(source),
-                   "calibration": {"text": describe(calibration_sources(calibration)),
-                                   "sources": [s if isinstance(s, str) else "user texts"
-                                               for s in calibration_sources(calibration)],
+                   "calibration": {"text": describe(sources),
+                                   "sources": [s if isinstance(s, str) else "user texts" for s in sources],
                                    "positions": fit.shape[0],
                                    "held_out_positions": held.shape[0],
                                    "target_agreement": None if probes else target_agreement,

@@ -43,7 +43,7 @@ def control_token_ids(tokenizer) -> list[int]:
         ids |= {i for i in tokenizer(text, add_special_tokens=False)["input_ids"] if i in special}
         for t in ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>", "<|eot_id|>"):
             i = tokenizer.convert_tokens_to_ids(t)
-            if isinstance(i, int) and i != tokenizer.unk_token_id and i is not None and i >= 0:
+            if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id:
                 ids.add(i)
     return sorted(ids)
 
@@ -62,8 +62,8 @@ def texts(model, tokenizer, split: str = "eval", batch: int = 8, progress: bool 
         return json.loads(path.read_text())
     questions = [q for q in faq_questions() if _in_split(q, split)]
     lm = model.get_output_embeddings()
-    dense = getattr(lm, "use_flashhead", None)
-    if dense is not None:
+    flash_on = getattr(lm, "use_flashhead", None)
+    if flash_on is not None:
         lm.use_flashhead = False                 # answers come from the dense head
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -81,8 +81,8 @@ def texts(model, tokenizer, split: str = "eval", batch: int = 8, progress: bool 
                 out.append(p + tokenizer.decode(g[:end + 1], skip_special_tokens=False))
     finally:
         tokenizer.padding_side = side
-        if dense is not None:
-            lm.use_flashhead = dense
+        if flash_on is not None:
+            lm.use_flashhead = flash_on
     bos = tokenizer.bos_token
     if bos and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:   # the tokenizer adds it
         out = [t[len(bos):] if t.startswith(bos) else t for t in out]
