@@ -18,7 +18,7 @@ import torch
 
 
 def out_path(model: str) -> Path:
-    from flashhead.sources import cache_root
+    from flashhead.cache import cache_root
     return cache_root() / "suite" / f"{model}.safetensors"
 
 

@@ -39,7 +39,7 @@ def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, *
     """fit.fit_index on the sources' calibration states, cached by model and sources; -> (index, held)."""
     from flashhead import ClusterIndex, FlashHeadConfig
     from flashhead.fit import fit_index
-    from flashhead.sources import cache_root
+    from flashhead.cache import cache_root
 
     fit, held = calibration(data, sources, positions)
     from flashhead.fit import TARGET_AGREEMENT

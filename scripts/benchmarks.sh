@@ -19,6 +19,8 @@ for m in $MODELS; do
     --json --plot "docs/img/eval-$m.png" > "$RAW/eval-$m.json"
   flashhead bench "$dir" --batch 1,4,16,64,256 --repeats 20 --new-tokens 32 --decode-repeats 3 \
     --json --plot "docs/img/bench-$m.png" > "$RAW/bench-$m.json"
+  flashhead bench "$dir" --backend llamacpp --gguf "$m" --batch 1,4 --new-tokens 64 --decode-repeats 5 \
+    --json > "$RAW/llamacpp-$m.json"
 done
 python benchmarks/render_benchmarks.py $MODELS > docs/BENCHMARKS.md
 echo "wrote docs/BENCHMARKS.md"

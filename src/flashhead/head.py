@@ -26,6 +26,7 @@ from .estimate import unprobed_logits
 from .index import ClusterIndex
 from .kernels import Kernel, cpu, torch_ref, triton_path
 from .kernels.graphs import GraphCache
+from .q8rows import dense_logits, gather_rows
 from .quant import Stage1
 
 _PATHS = {Kernel.TORCH: torch_ref, Kernel.CPU: cpu, Kernel.TRITON: triton_path}
@@ -135,7 +136,7 @@ class FlashHead(torch.nn.Module):
         logits [N, *] (a token also probed appears twice, with the same logit)."""
         if not self.exact_ids.numel():
             return tok, z
-        rows = self.weight.index_select(0, self.exact_ids).float()                 # [F, d]
+        rows = gather_rows(self.weight, self.exact_ids).float()                    # [F, d]
         return (torch.cat([tok, self.exact_ids.expand(tok.shape[0], -1)], 1),
                 torch.cat([z, h.float() @ rows.T], 1))
 
@@ -182,7 +183,7 @@ class FlashHead(torch.nn.Module):
         lead, h = h.shape[:-1], self._flat(h)
         if self.use_dense(h.shape[0]):
             self.stats["dense_steps"] += 1
-            return torch.nn.functional.linear(h, self.weight).argmax(1).view(lead)
+            return dense_logits(self.weight, h).argmax(1).view(lead)
         self.stats["flashhead_steps"] += 1
         return self._launch("greedy", h).view(lead)
 
@@ -194,7 +195,7 @@ class FlashHead(torch.nn.Module):
         lead, h = h.shape[:-1], self._flat(h)
         if self.use_dense(h.shape[0]):
             self.stats["dense_steps"] += 1
-            return torch.nn.functional.linear(h, self.weight).float().view(*lead, self.vocab)
+            return dense_logits(self.weight, h).float().view(*lead, self.vocab)
         self.stats["flashhead_steps"] += 1
         return self._launch("logits", h).view(*lead, self.vocab)
 

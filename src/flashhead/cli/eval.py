@@ -30,6 +30,11 @@ def add_arguments(p):
     p.add_argument("--new-tokens", type=int, default=32, help="tokens per generation (default %(default)s)")
     p.add_argument("--target-agreement", type=float, default=None, help="find the smallest probe count reaching this agreement")
     p.add_argument("--write-default", action="store_true", help="with --target-agreement: save it as the model's default probes")
+    p.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers",
+                   help="llamacpp: hidden states from llama.cpp, against llama.cpp's own dense head "
+                        "(the suite's domains except chat)")
+    p.add_argument("--gguf", default=None, help="llamacpp: the GGUF file (default: the one the directory "
+                   "was built from)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="write a PNG of agreement and TV vs bytes read")
 
@@ -66,6 +71,8 @@ def run(args):
     texts = corpus.read_files(args.text)
     if args.text and not texts:
         raise FlashHeadError("the --text files hold no text")
+    if args.backend == "llamacpp":
+        return _llamacpp(args)
     model, tok = hf.load(args.model_dir)
     if not args.text:
         result = evaluate_suite(model, tok, args.domain or None, args.probes, args.max_positions, args.prompts,
@@ -75,12 +82,7 @@ def run(args):
         if args.json:
             print(json.dumps(result))
             return
-        for d, r in result["domains"].items():
-            note = " (in-domain: the build calibrated on it)" if r["in_domain"] else ""
-            print(f"\n{d}{note}: {r['positions']} positions")
-            _table(r)
-        print("\nworst domain the build never saw:", ", ".join(
-            f"{k} {v['value']:.4g} ({v['domain']})" for k, v in result["worst"].items()))
+        _print_suite(result)
         return
     result = evaluate(model, tok, texts, args.probes, args.max_positions, args.prompts, args.new_tokens,
                       args.target_agreement)
@@ -99,3 +101,31 @@ def run(args):
     if args.target_agreement is not None:
         note = " (written as default)" if args.write_default else ""
         print(f"smallest probes reaching {args.target_agreement}: {result['smallest_probes']}{note}")
+
+
+def _print_suite(result: dict) -> None:
+    for d, r in result["domains"].items():
+        note = " (in-domain: the build calibrated on it)" if r["in_domain"] else ""
+        print(f"\n{d}{note}: {r['positions']} positions")
+        _table(r)
+    print("\nworst domain the build never saw:", ", ".join(
+        f"{k} {v['value']:.4g} ({v['domain']})" for k, v in result["worst"].items()))
+
+
+def _llamacpp(args):
+    from ..config import FlashHeadError
+    from ..eval_llamacpp import evaluate_llamacpp
+    from ..integrations.llamacpp import LlamaCpp
+    from ..sources import gguf_of
+
+    if args.text or args.target_agreement is not None or args.plot:
+        raise FlashHeadError("--backend llamacpp evaluates the suite's domains: leave out --text, "
+                             "--target-agreement and --plot")
+    model = LlamaCpp(gguf_of(args.model_dir, args.gguf), args.model_dir, max_sequences=1)
+    result = evaluate_llamacpp(model, args.domain or None, args.probes, args.max_positions,
+                               progress=not args.json)
+    model.close()
+    if args.json:
+        print(json.dumps(result))
+        return
+    _print_suite(result)

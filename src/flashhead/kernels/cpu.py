@@ -9,10 +9,17 @@ Measured on the 2-core AVX-512 machine (Gemma-3-270M head, fp32): a fresh gather
 P*cs rows per step costs page faults once it passes glibc's 32 MB mmap threshold (P=1024:
 39 ms for the gather vs 7.7 ms into a reused buffer), so the buffers live on the head and grow
 to the largest step seen. Results equal TORCH (same ops; bf16 stage-1 scores for int8, see stage1).
+
+A head kept in GGUF's Q8_0 blocks (q8rows.py, the llama.cpp integration) runs its whole step in
+one native call instead (q8_0.c `fh_q8_step`): stage 1 on the int8 centroids, top-P, stage 2 with
+llama.cpp's own products (h quantized to Q8_0 blocks), the greedy token.
 """
 from __future__ import annotations
 
 import torch
+
+from ..q8rows import Q8Rows
+from . import native
 
 _INT8_MM = getattr(torch, "_weight_int8pack_mm", None)
 # Gathered rows per stage-2 chunk. Measured (Gemma-3-270M head, 8,144 rows, 2 threads, cold):
@@ -40,12 +47,23 @@ def stage1(head, h: torch.Tensor) -> torch.Tensor:
     centroids, Gemma-3-270M, batch 1); its bf16 rounding left the dense top-1 recall unchanged
     on held-out text (docs/KERNELS.md)."""
     st = head.stage1
+    if st.bits == 8 and isinstance(head.weight, Q8Rows) and st.hidden % 32 == 0:
+        # the llama.cpp path: int8 x int8 block dots in the native kernel (q8_0.c), on llama.cpp's
+        # OpenMP threads (torch's int8 kernel took 2.5 ms for Gemma's 16,384 centroids on the AVX2
+        # machine of docs/BENCHMARKS.md's llama.cpp section, this one 0.5 ms)
+        return native.i8_scores(st.q, st.scale, h, head.weight.threads)
     if st.bits == 8 and _INT8_MM is not None:
         return _INT8_MM(h.to(torch.bfloat16), st.q, st.scale_bf16).float()
     return st(h)
 
 
 def probe(head, h: torch.Tensor):
+    if _q8_fused(head):
+        return _q8_step(head, h, False)
+    return _probe(head, h)
+
+
+def _probe(head, h: torch.Tensor):
     """Stage 2 over the union of the positions' probed clusters: each cluster block is gathered
     once per step however many positions probed it, in chunks of CHUNK_ROWS rows multiplied by all
     N hidden states while still in the cache. Each position then reads its own clusters' logits, so
@@ -53,6 +71,7 @@ def probe(head, h: torch.Tensor):
     n, cs = h.shape[0], head.cluster_size
     scores = stage1(head, h)                                             # [N, K]
     top = scores.topk(head.probes, dim=1, sorted=False).indices          # [N, P]
+    used = None
     if n == 1:                               # the union is the position's own clusters
         union = top.view(-1).sort().values
     else:
@@ -60,6 +79,8 @@ def probe(head, h: torch.Tensor):
         used.index_fill_(0, top.flatten(), 1)
         union = used.nonzero().squeeze(1)                                # [U] ascending
     utok = head.block_ids[union].flatten()                               # [U*cs]
+    if isinstance(head.weight, Q8Rows):      # GGUF Q8_0 rows, read in place by the native kernel
+        return (scores, *_q8_stage2(head, h, top, used, union, utok))
     per = max(1, CHUNK_ROWS // cs)                                       # clusters per chunk
     chunks = -(-union.numel() // per)
     z = _buffer(head, "z", (chunks, n, per * cs), torch.float32)         # logits of the union
@@ -82,7 +103,62 @@ def probe(head, h: torch.Tensor):
     return (scores, *head.with_exact(h, head.block_ids[top].flatten(1), mine.flatten(1)))  # [N, P*cs(+F)]
 
 
+def _q8_stage2(head, h, top, used, union, utok):
+    """Stage 2 on Q8_0 rows (q8rows.py): the union's rows and the always-exact tokens in one
+    native call, products computed as llama.cpp computes its dense logits."""
+    n, cs = h.shape[0], head.cluster_size
+    w = head.weight
+    if w.row_of is None:                     # the file's order: rows by token id
+        ids = torch.cat([utok, head.exact_ids]) if head.exact_ids.numel() else utok
+    else:                                    # cluster order: the union's clusters are runs of rows
+        ids = (union.unsqueeze(1) * cs + torch.arange(cs)).flatten()
+        ids = torch.cat([ids, w.row_of[head.exact_ids]]) if head.exact_ids.numel() else ids
+    z = w.dot(ids, h, rows=w.row_of is not None)                         # [N, U*cs + F]
+    if n == 1:
+        tok = torch.cat([utok, head.exact_ids]) if head.exact_ids.numel() else utok
+        return tok.unsqueeze(0), z
+    slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
+    mine = z[:, : utok.numel()].view(n, -1, cs)[torch.arange(n).unsqueeze(1), slot]   # [N, P, cs]
+    tok = head.block_ids[top].flatten(1)
+    return (torch.cat([tok, head.exact_ids.expand(n, -1)], 1),
+            torch.cat([mine.flatten(1), z[:, utok.numel():]], 1))
+
+
+def _q8_fused(head) -> bool:
+    """Q8_0 rows with an int8 stage 1: the whole step in one native call (q8_0.c fh_q8_step)."""
+    return isinstance(head.weight, Q8Rows) and head.stage1.bits == 8 and head.hidden % 32 == 0
+
+
+def _q8_step(head, h: torch.Tensor, want_greedy: bool):
+    w, st, n = head.weight, head.stage1, h.shape[0]
+    k, p, cs, f = head.num_clusters, head.probes, head.cluster_size, head.exact_ids.numel()
+    h = h.float().contiguous()
+
+    def alloc(name, shape, dtype):   # greedy returns only tokens: its scores and logits are reused
+        return _buffer(head, name, shape, dtype) if want_greedy else torch.empty(shape, dtype=dtype)
+
+    scores = alloc("q8_scores", (n, k), torch.float32)
+    top = alloc("q8_top", (n, p), torch.int64)
+    z = alloc("q8_z", (n, p * cs + f), torch.float32)
+    scratch = _buffer(head, "q8_scratch", (n, k), torch.int64)
+    rows = _buffer(head, "q8_rows", (n, p * cs + f), torch.int64)
+    slots = head.block_ids.reshape(-1)                                  # [K*cs] tokens by slot
+    exact_rows = head.exact_ids if w.row_of is None else w.row_of[head.exact_ids]
+    out = torch.empty(n, dtype=torch.int64) if want_greedy else None
+    native.library().fh_q8_step(
+        st.q.data_ptr(), st.scale.data_ptr(), k, p, w.blocks.data_ptr(), w.blocks.shape[1], cs,
+        None if w.row_of is not None else slots.data_ptr(), exact_rows.data_ptr(), f, h.data_ptr(), n,
+        head.hidden, scores.data_ptr(), top.data_ptr(), z.data_ptr(), scratch.data_ptr(), rows.data_ptr(), w.threads,
+        slots.data_ptr(), head.exact_ids.data_ptr(), None if out is None else out.data_ptr())
+    if want_greedy:
+        return out
+    tok = torch.cat([head.block_ids[top].flatten(1), head.exact_ids.expand(n, -1)], 1)
+    return scores, tok, z
+
+
 def greedy(head, h: torch.Tensor) -> torch.Tensor:
+    if _q8_fused(head):
+        return _q8_step(head, h, True)
     _, tok, z = probe(head, h)
     return tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1)
 

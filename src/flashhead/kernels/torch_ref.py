@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..q8rows import gather_rows
+
 
 def stage1(head, h: torch.Tensor) -> torch.Tensor:
     return head.stage1(h)                                                # [N, K] fp32
@@ -18,7 +20,7 @@ def probe(head, h: torch.Tensor):
     scores = stage1(head, h)                                             # [N, K]
     top = scores.topk(head.probes, dim=1, sorted=False).indices          # [N, P]
     tok = head.block_ids[top].flatten(1)                                 # [N, P*cs]
-    rows = head.weight.index_select(0, tok.flatten()).view(*tok.shape, head.hidden)
+    rows = gather_rows(head.weight, tok.flatten()).view(*tok.shape, head.hidden)
     z = torch.bmm(rows.float(), h.float().unsqueeze(2)).squeeze(2)      # [N, P*cs]
     return (scores, *head.with_exact(h, tok, z))
 

