@@ -17,6 +17,14 @@ def check_arguments(prompts, max_new_tokens, temperature, top_p, top_k) -> None:
         raise FlashHeadError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1")
 
 
+def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
+    """Each prompt as a user turn in the model's chat template, ready for the assistant's reply."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise FlashHeadError("this tokenizer has no chat template; drop --chat")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 40, temperature: float = 0.0,
              top_p: float = 1.0, top_k: int = 0, seed: int | None = None, chat: bool = False) -> dict:
     """Generate for a batch of prompts (left-padded). temperature 0 = greedy.
@@ -25,10 +33,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 40, tem
     """
     check_arguments(prompts, max_new_tokens, temperature, top_p, top_k)
     if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise FlashHeadError("this tokenizer has no chat template; drop --chat")
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in prompts]
+        prompts = chat_prompts(tokenizer, prompts)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",

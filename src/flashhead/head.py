@@ -85,6 +85,8 @@ class FlashHead(torch.nn.Module):
         if exact.numel() and int(exact.max()) >= self.vocab:
             raise FlashHeadError(f"exact_tokens holds ids outside the vocabulary ({self.vocab})")
         self.register_buffer("exact_ids", exact.to(weight.device), persistent=False)            # [F]
+        # their rows, gathered once (the steps multiply by them; fp32 like every exact logit)
+        self.register_buffer("exact_rows", gather_rows(weight, self.exact_ids).float(), persistent=False)
         self.kernel = kernel
         self.dense_above: float | None = None   # the dense rule (see DENSE_RULE_ENV); None: off
         self.stats = {"flashhead_steps": 0, "dense_steps": 0}
@@ -136,9 +138,8 @@ class FlashHead(torch.nn.Module):
         logits [N, *] (a token also probed appears twice, with the same logit)."""
         if not self.exact_ids.numel():
             return tok, z
-        rows = gather_rows(self.weight, self.exact_ids).float()                    # [F, d]
         return (torch.cat([tok, self.exact_ids.expand(tok.shape[0], -1)], 1),
-                torch.cat([z, h.float() @ rows.T], 1))
+                torch.cat([z, h.float() @ self.exact_rows.float().T], 1))
 
     def fill_logits(self, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor,
                     out: torch.Tensor | None = None) -> torch.Tensor:

@@ -55,17 +55,20 @@ def run(args):
 
 
 def _llamacpp(args):
-    from ..config import FlashHeadError
+    from ..generation import chat_prompts
     from ..integrations.llamacpp import LlamaCpp
     from ..sources import gguf_of
 
-    if args.chat:
-        raise FlashHeadError("--chat is not supported with --backend llamacpp yet: put the template's "
-                             "text in the prompt")
     model = LlamaCpp(gguf_of(args.model_dir, args.gguf), args.model_dir, probes=args.probes,
                      max_sequences=len(args.prompt),
                      n_ctx=max(512, len(args.prompt) * (args.max_new_tokens + 256)))
-    res = model.generate(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.top_k,
+    prompts = args.prompt
+    if args.chat:   # the template of the directory's tokenizer; its control tokens parsed, no extra BOS
+        from transformers import AutoTokenizer
+
+        texts = chat_prompts(AutoTokenizer.from_pretrained(args.model_dir), args.prompt)
+        prompts = [model.tokenize(t, add_special=False) for t in texts]
+    res = model.generate(prompts, args.max_new_tokens, args.temperature, args.top_p, args.top_k,
                          args.seed, dense=args.dense)
     probes = model.head.probes
     model.close()

@@ -167,11 +167,12 @@ class LlamaCpp:
 
     # ---- text <-> tokens -------------------------------------------------------------------------
 
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        """Token ids of `text`; `special`: add the model's BOS if it wants one, parse control tokens."""
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids of `text`, control tokens written as text parsed; `add_special`: the model's BOS
+        if it wants one (not for text that already carries it, e.g. a chat template's)."""
         L, raw = self._L, text.encode()
         buf = (L.llama_token * (len(raw) + 8))()
-        n = L.llama_tokenize(self.vocab_ptr, raw, len(raw), buf, len(buf), special, special)
+        n = L.llama_tokenize(self.vocab_ptr, raw, len(raw), buf, len(buf), add_special, True)
         if n < 0:
             raise FlashHeadError(f"text too long to tokenize ({-n} tokens)")
         return list(buf[:n])

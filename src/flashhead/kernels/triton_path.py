@@ -35,7 +35,7 @@ def _run(head, h: torch.Tensor):
     z = tk.stage2(h, head.weight, head.block_ids32, top, best, **launch)  # [N, P*cs]
     zx = None
     if head.exact_ids.numel():                                         # always-exact tokens
-        zx = h.float() @ head.weight.index_select(0, head.exact_ids).float().T   # [N, F]
+        zx = h.float() @ head.exact_rows.float().T                        # [N, F]
         best = torch.maximum(best, _packed(zx, head.exact_ids.expand_as(zx)).amax(1))
     return scores, top, slot, best, z, zx
 
