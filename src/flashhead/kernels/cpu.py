@@ -49,8 +49,8 @@ def stage1(head, h: torch.Tensor) -> torch.Tensor:
     st = head.stage1
     if st.bits == 8 and isinstance(head.weight, Q8Rows) and st.hidden % 32 == 0:
         # the llama.cpp path: int8 x int8 block dots in the native kernel (q8_0.c), on llama.cpp's
-        # OpenMP threads (torch's int8 kernel took 2.5 ms for Gemma's 16,384 centroids on the AVX2
-        # machine of docs/BENCHMARKS.md's llama.cpp section, this one 0.5 ms)
+        # OpenMP threads (Gemma's 16,384 centroids on the 2-core AVX2 host, warm / cold: torch's
+        # int8 kernel 1.52 / 2.32 ms, this one 0.41 / 1.03 ms; benchmarks/q8_step.py)
         return native.i8_scores(st.q, st.scale, h, head.weight.threads)
     if st.bits == 8 and _INT8_MM is not None:
         return _INT8_MM(h.to(torch.bfloat16), st.q, st.scale_bf16).float()
