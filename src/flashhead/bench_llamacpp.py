@@ -16,10 +16,9 @@ import statistics
 
 import torch
 
+from .bench import PROMPT   # the transformers decode benchmark's prompt: the same text for both
 from .integrations.llamacpp import LlamaCpp
 from .metrics import common_prefix
-
-PROMPT = "The old lighthouse keeper climbed the stairs every evening and"
 
 
 def bench_llamacpp(model_dir, gguf, batches=(1,), new_tokens: int = 64, repeats: int = 3,
