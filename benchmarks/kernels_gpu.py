@@ -186,7 +186,7 @@ def sweep():
                         (2, 512, 4), (2, 1024, 8)):
         for ns in (1, 2, 3, 4):
             cfg = dict(cpb=cpb, block_d=bd, num_warps=nw, num_stages=ns)
-            keep("stage2", graph_time(lambda: tk.stage2(h, w, head.block_ids32, top, b, **cfg), flush), cfg,
+            keep("stage2", graph_time(lambda: tk.stage2(h, w, head.step.block_ids32, top, b, **cfg), flush), cfg,
                  f"stage2 {cfg}")
     for name, (t, cfg) in best.items():
         tk.TUNED[name] = cfg

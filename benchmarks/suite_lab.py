@@ -99,7 +99,7 @@ def main():
         t = time.time()
         if sources is None:
             c = balanced_kmeans(w, 16, 8, progress=False)
-            index = ClusterIndex(FlashHeadConfig(probes=base or 1), c.assignments, c.centroids, c.spread, fingerprint(w))
+            index = ClusterIndex(FlashHeadConfig(probes=base or 1), c.assignments, c.centroids, fingerprint(w))
         else:
             kw = {} if a.usage_floor is None else {"usage_floor": a.usage_floor}
             index, _ = fitted(a.model, data, sources, a.positions, **kw)

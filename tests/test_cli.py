@@ -51,3 +51,14 @@ def test_build_json(smollm2_hf_dir, tmp_path, capsys):
     assert ClusterIndex.load(out / "flash_head_assets").config.probes == 32
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["FlashHeadLlamaForCausalLM"] and config["flash_head_cache_dir"] == "flash_head_assets"
+
+
+def test_bench_random_head_json(capsys):
+    """`flashhead bench --random-head VxD --json`: a model-free head benchmark, one JSON object whose
+    rows are measured (positive times, the FlashHead floor below the dense floor)."""
+    assert main(["bench", "--random-head", "8192x64", "--batch", "1,4", "--repeats", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["batch"] for r in result["head"]] == [1, 4]
+    assert result["vocab"] == 8192 and result["hidden"] == 64
+    for r in result["head"]:
+        assert r["dense_us"] > 0 and r["flashhead_us"] > 0 and r["flashhead_floor_us"] < r["dense_floor_us"]

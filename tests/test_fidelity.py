@@ -72,7 +72,7 @@ def test_calibrated_clusters_beat_uncalibrated(suite, smollm2_flashhead_dir):
     head, w = model.lm_head.flashhead, model.lm_head.weight.detach()
     c = balanced_kmeans(w, head.cluster_size, iterations=8, progress=False)
     plain = FlashHead(w, ClusterIndex(FlashHeadConfig(probes=head.probes), c.assignments, c.centroids,
-                                      c.spread, fingerprint(w)))
+                                      fingerprint(w)))
     for d, (H, _) in data.items():
         miss_built = float((dense_top1_rank(head, H, w) >= head.probes).float().mean())
         miss_plain = float((dense_top1_rank(plain, H, w) >= head.probes).float().mean())

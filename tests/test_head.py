@@ -11,7 +11,7 @@ def _head(v=2000, d=48, cs=16, probes=4, seed=0):
     w = torch.randn(v, d, generator=g)
     c = balanced_kmeans(w, cs, iterations=2, progress=False)
     index = ClusterIndex(FlashHeadConfig(cluster_size=cs, probes=probes), c.assignments, c.centroids,
-                         c.spread, fingerprint(w))
+                         fingerprint(w))
     return w, FlashHead(w, index)
 
 
@@ -52,6 +52,6 @@ def test_bad_probes_and_shapes_are_clear_errors():
         head(torch.randn(2, 47))
     _, other = _head(v=2000, seed=1)
     c = balanced_kmeans(w, 16, iterations=1, progress=False)
-    index = ClusterIndex(other.config, c.assignments, c.centroids, c.spread, fingerprint(torch.randn(2000, 48)))
+    index = ClusterIndex(other.config, c.assignments, c.centroids, fingerprint(torch.randn(2000, 48)))
     with pytest.raises(FlashHeadError, match="fingerprint"):
         FlashHead(w, index)

@@ -18,7 +18,7 @@ def weight():
 @pytest.fixture()
 def assets(tmp_path, weight):
     c = balanced_kmeans(weight, 16, iterations=1, progress=False)
-    ClusterIndex(FlashHeadConfig(probes=8), c.assignments, c.centroids, c.spread, fingerprint(weight)).save(tmp_path)
+    ClusterIndex(FlashHeadConfig(probes=8), c.assignments, c.centroids, fingerprint(weight)).save(tmp_path)
     return tmp_path / "flash_head_assets"
 
 
@@ -123,7 +123,7 @@ def test_assets_of_another_model_on_a_real_model(smollm2_flashhead_dir, smollm2_
     shutil.copytree(smollm2_flashhead_dir, d, copy_function=shutil.copy)
     index = ClusterIndex.load(d / "flash_head_assets")
     other = smollm2_head + 0.1 * smollm2_head.std() * torch.randn_like(smollm2_head)
-    ClusterIndex(index.config, index.assignments, index.centroids, index.spread, fingerprint(other)).save(d)
+    ClusterIndex(index.config, index.assignments, index.centroids, fingerprint(other)).save(d)
     with pytest.raises(FlashHeadError, match="fingerprint mismatch"):
         hf.load(d)
     with pytest.raises(FlashHeadError, match="not a FlashHead model directory"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, FlashHeadError
-from flashhead.head import dense_rule
+from flashhead.dense_rule import DenseRule
 from flashhead.index import fingerprint
 from flashhead.kernels import Kernel, interpreting, resolve, triton_available
 
@@ -32,8 +32,7 @@ def _head(v=3000 - 5, d=64, probes=7, quant="none", device="cpu", dtype=torch.fl
     cent = torch.zeros(k, d).index_add_(0, assign, w) / torch.bincount(assign, minlength=k)[:, None]
     offsets = torch.randn(v, generator=g)                                # the estimate's per-token part
     index = ClusterIndex(FlashHeadConfig(probes=probes, quantization=quant, exact_tokens=list(exact)),
-                         assign, cent,
-                         torch.zeros(k), fingerprint(w), offsets=offsets)
+                         assign, cent, fingerprint(w), offsets=offsets)
     w = w.to(device=device, dtype=dtype)
     return w, FlashHead(w, index)
 
@@ -127,9 +126,14 @@ def test_torch_compile():
         assert torch.equal(ids, head.greedy(h))
 
 
-def test_kernel_choice_is_checked():
+def test_kernel_choice_is_checked(monkeypatch):
     w, head = _head()
     assert resolve(Kernel.AUTO, torch.device("cpu")) is Kernel.CPU
+    monkeypatch.setenv("FLASHHEAD_KERNEL", "torch")            # overrides AUTO, resolved when set
+    head.kernel = Kernel.AUTO
+    assert head._resolved is Kernel.TORCH and resolve(Kernel.CPU, torch.device("cpu")) is Kernel.CPU
+    monkeypatch.delenv("FLASHHEAD_KERNEL")
+    assert head._resolved is Kernel.TORCH                       # not re-read per step
     with pytest.raises(FlashHeadError, match="unknown kernel"):
         head.kernel = "cuda-magic"
     if not torch.cuda.is_available() and not interpreting():
@@ -144,7 +148,7 @@ def test_dense_rule_is_counted():
     assert head.stats == {"flashhead_steps": 1, "dense_steps": 0}
     head.dense_above = 1.0
     torch.testing.assert_close(head(h), h @ w.T)    # exact everywhere: the dense head
-    assert torch.equal(head.greedy(h[:1]), head.greedy(h[:1]))
+    assert torch.equal(head.greedy(h[:1]), head(h[:1]).argmax(1))   # below the rule: FlashHead
     assert head.stats == {"flashhead_steps": 3, "dense_steps": 1}
     with head.flashhead_only(probes=3):            # measuring FlashHead itself: rule off, probes set
         head(h)
@@ -155,11 +159,11 @@ def test_dense_rule_is_counted():
 
 def test_dense_rule_picks_the_crossover_for_device_and_dtype(monkeypatch):
     crossover = {"cpu": 8.0, "cpu/bfloat16": 0.125, "cuda": 0.25}
-    assert dense_rule(crossover, torch.zeros(2, 2)) == 8.0
-    assert dense_rule(crossover, torch.zeros(2, 2, dtype=torch.bfloat16)) == 0.125
-    assert dense_rule({"cuda": 0.25}, torch.zeros(2, 2)) is None        # none measured: rule off
+    assert DenseRule.measured(crossover, torch.zeros(2, 2)).above == 8.0
+    assert DenseRule.measured(crossover, torch.zeros(2, 2, dtype=torch.bfloat16)).above == 0.125
+    assert DenseRule.measured({"cuda": 0.25}, torch.zeros(2, 2)).above is None   # none measured: off
     monkeypatch.setenv("FLASHHEAD_DENSE_RULE", "0")
-    assert dense_rule(crossover, torch.zeros(2, 2)) is None
+    assert DenseRule.measured(crossover, torch.zeros(2, 2)).above is None
 
 
 @triton

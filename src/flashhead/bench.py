@@ -167,7 +167,7 @@ def bench_random(vocab: int, hidden: int, batches=(1, 4, 16, 64), device: str = 
                         progress=False)
     _sync(device)
     build_s = time.perf_counter() - t0
-    index = ClusterIndex(config, c.assignments.cpu(), c.centroids.cpu(), c.spread.cpu(), fingerprint(weight))
+    index = ClusterIndex(config, c.assignments.cpu(), c.centroids.cpu(), fingerprint(weight))
     head = FlashHead(weight, index, probes)
     H = torch.randn(max(batches), hidden, generator=gen).to(device=device, dtype=DTYPES[dtype])
     bw = bandwidth(device)

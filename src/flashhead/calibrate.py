@@ -5,13 +5,10 @@ From hidden states H [N, d] (the input of the head; see hidden.py) and the head 
                                          states would otherwise dominate). Balanced k-means on
                                          W sigma_dir^(1/2) minimizes the expected squared error of
                                          every cluster-mean logit over those directions.
-    sigma     = E[h h^T]         [d, d]  -> spread rho_k = mean over members of
-                                         E[(h . (w - c_k))^2] / E|h|^2: the variance of member
-                                         logits around the cluster's logit, per unit |h|^2.
     usage     = E[softmax(h W^T)] [V]    the dense head's mean probability of each token.
                                          Stage-1 vectors are members' means weighted by
                                          sqrt(usage + 1e-6): a cluster is ranked by its likely tokens.
-Measured on held-out real text (docs/FIDELITY.md): each of the three cuts the dense top-1 misses.
+Measured on held-out real text (docs/FIDELITY.md): each of the two cuts the dense top-1 misses.
 """
 from __future__ import annotations
 
@@ -60,25 +57,12 @@ def token_weights(usage: torch.Tensor, floor: float = USAGE_FLOOR) -> torch.Tens
     return (usage + floor).sqrt()
 
 
-def weighted_spread(weight: torch.Tensor, assignments: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """[K]: mean over a cluster's members of (w - c)^T Sigma (w - c) / tr(Sigma), c = member mean."""
-    w = weight.float()
-    k = int(assignments.max()) + 1
-    count = torch.bincount(assignments, minlength=k).clamp_min(1).unsqueeze(1).float()
-    mean = torch.zeros(k, w.shape[1]).index_add_(0, assignments, w) / count
-    dev = w - mean[assignments]
-    q = ((dev @ sigma.float()) * dev).sum(1)                          # [V]
-    return torch.zeros(k).index_add_(0, assignments, q) / count.squeeze(1) / torch.trace(sigma.float())
-
-
 @dataclasses.dataclass
 class Calibration:
     sigma_dir: torch.Tensor   # [d, d]
-    sigma: torch.Tensor       # [d, d]
     usage: torch.Tensor       # [V]
-    positions: int
 
     @classmethod
     def from_hidden(cls, weight: torch.Tensor, h: torch.Tensor) -> "Calibration":
         h = h.float()
-        return cls(second_moment(h, normalize=True), second_moment(h), token_usage(weight, h), h.shape[0])
+        return cls(second_moment(h, normalize=True), token_usage(weight, h))

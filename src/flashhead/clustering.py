@@ -6,7 +6,7 @@
     refine  : `iterations` rounds of: centroids -> each cluster's M nearest clusters -> every row
               re-chooses among the neighbours of its current cluster, under exact capacities.
     result  : assignments [V], stage-1 centroids [K, d] (raw means of the member rows: h . mean(w)
-              is exactly the mean logit of the cluster), per-cluster spread [K], stats.
+              is exactly the mean logit of the cluster), stats.
 
 Never materialises a V x K matrix: flat scoring is chunked over rows, refinement scores each row
 against M candidate centroids only. Deterministic for a seed on a given device. Same code on CPU
@@ -28,7 +28,6 @@ _FLAT_CANDIDATES = 8  # candidates per row kept by flat (all-centroid) scoring
 class Clustering:
     assignments: torch.Tensor  # [V] int64, cluster of each token
     centroids: torch.Tensor    # [K, d] float32, raw mean of each cluster's rows
-    spread: torch.Tensor       # [K] float32, mean squared distance of members to the centroid / d
     stats: dict
 
 
@@ -261,8 +260,6 @@ def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: in
     rw = torch.ones(v, device=device) if tw is None else tw
     centroids = (torch.zeros(k, d, device=device).index_add_(0, assign, w * rw.unsqueeze(1))
                  / torch.zeros(k, device=device).index_add_(0, assign, rw).unsqueeze(1))
-    dist = ((w - centroids[assign]) ** 2).sum(1)
-    spread = torch.zeros(k, device=device).index_add_(0, assign, dist) / (cap * d)
     counts = torch.bincount(assign, minlength=k)
     stats = {
         "vocab": v, "hidden": d, "clusters": k, "cluster_size": cluster_size,
@@ -270,4 +267,4 @@ def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: in
         "imbalance": int((counts - cap).abs().max()),
         "seconds": round(time.perf_counter() - t0, 2), "device": str(device), "metric": metric,
     }
-    return Clustering(assign.cpu(), centroids.cpu(), spread.cpu(), stats)
+    return Clustering(assign.cpu(), centroids.cpu(), stats)

@@ -16,6 +16,7 @@ from .config import FlashHeadError
 from .head import FlashHead
 from .fit import dense_top1_rank, smallest_probes
 from .hidden import teacher_forced
+from .kernels.step import pick
 from .q8rows import Q8Rows, dense_logits
 
 
@@ -39,7 +40,7 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
             for p in probes:
                 head.probes = p
                 scores, tok, z = head.probe(h.to(weight.dtype))
-                greedy = tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1)
+                greedy = pick(tok, z)
                 logits = head.fill_logits(scores, tok, z)       # = head(h), one step not two
                 acc = sums[p]
                 acc["agree"] += float(metrics.top1_agreement(greedy, dense).sum())

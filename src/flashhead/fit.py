@@ -67,14 +67,14 @@ def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, de
               target_agreement: float = TARGET_AGREEMENT, probes: int | None = None,
               usage_floor: float | None = None) -> ClusterIndex:
     """The index of head `weight` [V, d] fitted to calibration hidden states h [N, d]:
-    1. clusters: balanced k-means on W sigma_dir^(1/2), usage-weighted stage-1 vectors, spread
-       per cluster (calibrate.py);
+    1. clusters: balanced k-means on W sigma_dir^(1/2), usage-weighted stage-1 vectors
+       (calibrate.py);
     2. probes: `probes` if given, else the smallest count whose greedy agreement with the dense
        head reaches `target_agreement` on the hidden states `held_out`, capped at BYTES_BUDGET
        (else config.probes);
     3. the estimate's per-token offsets at those probes (estimate.py), from h.
     index.build records the seconds of each step and the held-out agreement."""
-    from .calibrate import Calibration, query_transform, token_weights, weighted_spread
+    from .calibrate import Calibration, query_transform, token_weights
     from .estimate import FIT_POSITIONS, fit_offsets
 
     t0 = time.perf_counter()
@@ -83,8 +83,7 @@ def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, de
                                  progress=progress, metric="euclidean",
                                  transform=query_transform(cal.sigma_dir),
                                  token_weights=token_weights(cal.usage, *(() if usage_floor is None else (usage_floor,))))
-    spread = weighted_spread(weight, clustering.assignments, cal.sigma)
-    index = ClusterIndex(config, clustering.assignments, clustering.centroids, spread, fingerprint(weight),
+    index = ClusterIndex(config, clustering.assignments, clustering.centroids, fingerprint(weight),
                          build=dict(clustering.stats))
     t1 = time.perf_counter()
     agreement = None

@@ -2,8 +2,8 @@
 
 Files (inside a model directory's `flash_head_assets/`):
     clustering_cache.safetensors   centroids [d, K] (leading singleton dims accepted on read),
-                                   cluster_assignments [V], and optionally spread [K] and
-                                   token_offsets [V] (estimate.py; zeros when absent)
+                                   cluster_assignments [V], and optionally token_offsets [V]
+                                   (estimate.py; zeros when absent)
     flashhead.json                 {"format_version", "library_version", "config": FlashHeadConfig,
                                     "fingerprint": {...}, "build": {...}}
 
@@ -62,7 +62,6 @@ class ClusterIndex:
     config: FlashHeadConfig
     assignments: torch.Tensor   # [V] int64
     centroids: torch.Tensor     # [K, d] float32 (raw cluster means)
-    spread: torch.Tensor        # [K] float32 (mean squared member distance to centroid / d)
     fingerprint: dict
     build: dict = dataclasses.field(default_factory=dict)
     offsets: torch.Tensor | None = None   # [V] float32 (estimate.py); None: zeros
@@ -115,10 +114,8 @@ class ClusterIndex:
         if not torch.equal(torch.sort(counts).values, torch.sort(want).values):
             raise FlashHeadError(f"{where}: clusters are not of equal size {cs} "
                                  f"(sizes range {int(counts.min())}..{int(counts.max())})")
-        if not torch.isfinite(c).all() or not torch.isfinite(self.spread).all():
-            raise FlashHeadError(f"{where}: centroids or spread contain NaN or infinite values")
-        if self.spread.shape != (k,):
-            raise FlashHeadError(f"{where}: spread must have shape [{k}], got {list(self.spread.shape)}")
+        if not torch.isfinite(c).all():
+            raise FlashHeadError(f"{where}: centroids contain NaN or infinite values")
         if self.offsets.shape != (v,):
             raise FlashHeadError(f"{where}: token_offsets must have shape [{v}], got {list(self.offsets.shape)}")
         if not torch.isfinite(self.offsets).all():
@@ -135,7 +132,6 @@ class ClusterIndex:
         out.mkdir(parents=True, exist_ok=True)
         save_file({"centroids": self.centroids.T.contiguous().float(),
                    "cluster_assignments": self.assignments.long().contiguous(),
-                   "spread": self.spread.float().contiguous(),
                    "token_offsets": self.offsets.float().contiguous()}, str(out / TENSORS_FILE))
         meta = {"format_version": FORMAT_VERSION, "library_version": __version__,
                 "config": self.config.to_dict(), "fingerprint": self.fingerprint, "build": self.build}
@@ -166,15 +162,18 @@ class ClusterIndex:
         for key in ("config", "fingerprint"):
             if key not in meta:
                 raise FlashHeadError(f"{json_path}: missing key '{key}'")
+        if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise FlashHeadError(f"{json_path}: format version {meta['format_version']} was written by a "
+                                 f"newer flashhead ({meta.get('library_version')}); this one reads up to "
+                                 f"{FORMAT_VERSION}: pip install -U flashhead")
         config = FlashHeadConfig.from_dict(meta["config"])
         centroids = tensors["centroids"]
         while centroids.dim() > 2 and centroids.shape[0] == 1:  # published layout may be [1, d, K]
             centroids = centroids[0]
         centroids = centroids.float().T.contiguous()            # [K, d]
         assignments = tensors["cluster_assignments"].reshape(-1).long()
-        spread = tensors.get("spread", torch.zeros(centroids.shape[0]))
         offsets = tensors.get("token_offsets")
-        index = cls(config, assignments, centroids, spread.float(), meta["fingerprint"], meta.get("build", {}),
+        index = cls(config, assignments, centroids, meta["fingerprint"], meta.get("build", {}),
                     None if offsets is None else offsets.float())
         index.validate(str(assets_dir))
         return index

@@ -19,7 +19,8 @@ import torch
 
 from ..layout import load_assets, read_config
 from ..config import FlashHeadError
-from ..head import FlashHead, dense_rule
+from ..dense_rule import DenseRule
+from ..head import FlashHead
 from ..index import ClusterIndex
 
 # The dense rule's crossover for transformers' dense head (fraction of V in stage-2 rows N*P*cs per
@@ -41,7 +42,7 @@ class FlashHeadLMHead(torch.nn.Module):
         self.weight = linear.weight  # the same Parameter: state_dict keys and tying are unchanged
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.flashhead = FlashHead(self.weight.detach(), index, probes)  # detach(): shares storage
-        self.flashhead.dense_above = dense_rule(CROSSOVER, self.weight)
+        self.flashhead.rule = DenseRule.measured(CROSSOVER, self.weight)
         self.use_flashhead = True
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

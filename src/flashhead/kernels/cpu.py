@@ -7,7 +7,7 @@ positions probe 1,240 distinct clusters, not 2,036; 16 probe 2,359, not 8,144; 6
 
 Measured on the 2-core AVX-512 machine (Gemma-3-270M head, fp32): a fresh gather buffer of
 P*cs rows per step costs page faults once it passes glibc's 32 MB mmap threshold (P=1024:
-39 ms for the gather vs 7.7 ms into a reused buffer), so the buffers live on the head and grow
+39 ms for the gather vs 7.7 ms into a reused buffer), so the buffers live on the step and grow
 to the largest step seen. Results equal TORCH (same ops; bf16 stage-1 scores for int8, see stage1).
 
 A head kept in GGUF's Q8_0 blocks (q8rows.py, the llama.cpp integration) runs its whole step in
@@ -20,6 +20,7 @@ import torch
 
 from ..q8rows import Q8Rows
 from . import native
+from .step import pick
 
 _INT8_MM = getattr(torch, "_weight_int8pack_mm", None)
 # Gathered rows per stage-2 chunk. Measured (Gemma-3-270M head, 8,144 rows, 2 threads, cold):
@@ -30,139 +31,127 @@ CHUNK_ROWS = 1024
 WIDE_BATCH = 16
 
 
-def _buffer(head, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-    numel = 1
-    for s in shape:
-        numel *= s
-    buf = head._workspace.get((name, dtype))
-    if buf is None or buf.numel() < numel or buf.device != head.weight.device:
-        buf = torch.empty(numel, dtype=dtype, device=head.weight.device)
-        head._workspace[(name, dtype)] = buf
-    return buf[:numel].view(shape)
-
-
-def stage1(head, h: torch.Tensor) -> torch.Tensor:
+def stage1(step, h: torch.Tensor) -> torch.Tensor:
     """Cluster scores [N, K] fp32. int8 centroids go through torch's packed weight-only int8
     kernel (`_weight_int8pack_mm`, bf16 activations and output: 0.33 vs 3.98 ms for fp32
     centroids, Gemma-3-270M, batch 1); its bf16 rounding left the dense top-1 recall unchanged
     on held-out text (docs/KERNELS.md)."""
-    st = head.stage1
-    if st.bits == 8 and isinstance(head.weight, Q8Rows) and st.hidden % 32 == 0:
+    st = step.stage1
+    if st.bits == 8 and isinstance(step.weight, Q8Rows) and st.hidden % 32 == 0:
         # the llama.cpp path: int8 x int8 block dots in the native kernel (q8_0.c), on llama.cpp's
         # OpenMP threads (Gemma's 16,384 centroids on the 2-core AVX2 host, warm / cold: torch's
         # int8 kernel 1.52 / 2.32 ms, this one 0.41 / 1.03 ms; benchmarks/q8_step.py)
-        return native.i8_scores(st.q, st.scale, h, head.weight.threads)
+        return native.i8_scores(st.q, st.scale, h, step.weight.threads)
     if st.bits == 8 and _INT8_MM is not None:
         return _INT8_MM(h.to(torch.bfloat16), st.q, st.scale_bf16).float()
     return st(h)
 
 
-def probe(head, h: torch.Tensor):
-    if _q8_fused(head):
-        return _q8_step(head, h, False)
-    return _probe(head, h)
+def probe(step, h: torch.Tensor):
+    if _q8_fused(step):
+        return _q8_step(step, h, False)
+    return _probe(step, h)
 
 
-def _probe(head, h: torch.Tensor):
+def _probe(step, h: torch.Tensor):
     """Stage 2 over the union of the positions' probed clusters: each cluster block is gathered
     once per step however many positions probed it, in chunks of CHUNK_ROWS rows multiplied by all
     N hidden states while still in the cache. Each position then reads its own clusters' logits, so
     the result is TORCH's (a position's logits do not depend on the rest of its batch)."""
-    n, cs = h.shape[0], head.cluster_size
-    scores = stage1(head, h)                                             # [N, K]
-    top = scores.topk(head.probes, dim=1, sorted=False).indices          # [N, P]
+    n, cs = h.shape[0], step.cluster_size
+    scores = stage1(step, h)                                             # [N, K]
+    top = scores.topk(step.probes, dim=1, sorted=False).indices          # [N, P]
     used = None
     if n == 1:                               # the union is the position's own clusters
         union = top.view(-1).sort().values
     else:
-        used = _buffer(head, "used", (head.num_clusters,), torch.int32).zero_()
+        used = step.buffer("used", (step.num_clusters,), torch.int32).zero_()
         used.index_fill_(0, top.flatten(), 1)
         union = used.nonzero().squeeze(1)                                # [U] ascending
-    utok = head.block_ids[union].flatten()                               # [U*cs]
-    if isinstance(head.weight, Q8Rows):      # GGUF Q8_0 rows, read in place by the native kernel
-        return (scores, *_q8_stage2(head, h, top, used, union, utok))
+    utok = step.block_ids[union].flatten()                               # [U*cs]
+    if isinstance(step.weight, Q8Rows):      # GGUF Q8_0 rows, read in place by the native kernel
+        return (scores, *_q8_stage2(step, h, top, used, union, utok))
     per = max(1, CHUNK_ROWS // cs)                                       # clusters per chunk
     chunks = -(-union.numel() // per)
-    z = _buffer(head, "z", (chunks, n, per * cs), torch.float32)         # logits of the union
-    rows = _buffer(head, "rows", (per * cs, head.hidden), head.weight.dtype)
-    rows32 = rows if rows.dtype == torch.float32 else _buffer(head, "rows32", rows.shape, torch.float32)
-    wide = _buffer(head, "wide", (per * cs, n), torch.float32) if n >= WIDE_BATCH else None
+    z = step.buffer("z", (chunks, n, per * cs), torch.float32)         # logits of the union
+    rows = step.buffer("rows", (per * cs, step.hidden), step.weight.dtype)
+    rows32 = rows if rows.dtype == torch.float32 else step.buffer("rows32", rows.shape, torch.float32)
+    wide = step.buffer("wide", (per * cs, n), torch.float32) if n >= WIDE_BATCH else None
     hf = h.float()
     for j in range(chunks):
         t = utok[j * per * cs:(j + 1) * per * cs]
-        r = torch.index_select(head.weight, 0, t, out=rows[: t.numel()])
+        r = torch.index_select(step.weight, 0, t, out=rows[: t.numel()])
         r = rows32[: t.numel()].copy_(r) if r.dtype != torch.float32 else r   # fp32 products
         if wide is None:
             torch.mm(hf, r.t(), out=z[j, :, : t.numel()])
         else:
             z[j, :, : t.numel()].copy_(torch.mm(r, hf.t(), out=wide[: t.numel()]).t())
     if n == 1:
-        return (scores, *head.with_exact(h, utok.unsqueeze(0), z.view(1, -1)[:, : utok.numel()]))
+        return (scores, *step.with_exact(h, utok.unsqueeze(0), z.view(1, -1)[:, : utok.numel()]))
     slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
     mine = z.view(chunks, n, per, cs)[slot // per, torch.arange(n).unsqueeze(1), slot % per]
-    return (scores, *head.with_exact(h, head.block_ids[top].flatten(1), mine.flatten(1)))  # [N, P*cs(+F)]
+    return (scores, *step.with_exact(h, step.block_ids[top].flatten(1), mine.flatten(1)))  # [N, P*cs(+F)]
 
 
-def _q8_stage2(head, h, top, used, union, utok):
+def _q8_stage2(step, h, top, used, union, utok):
     """Stage 2 on Q8_0 rows (q8rows.py): the union's rows and the always-exact tokens in one
     native call, products computed as llama.cpp computes its dense logits."""
-    n, cs = h.shape[0], head.cluster_size
-    w = head.weight
+    n, cs = h.shape[0], step.cluster_size
+    w = step.weight
     if w.row_of is None:                     # the file's order: rows by token id
-        ids = torch.cat([utok, head.exact_ids]) if head.exact_ids.numel() else utok
+        ids = torch.cat([utok, step.exact_ids]) if step.exact_ids.numel() else utok
     else:                                    # cluster order: the union's clusters are runs of rows
         ids = (union.unsqueeze(1) * cs + torch.arange(cs)).flatten()
-        ids = torch.cat([ids, w.row_of[head.exact_ids]]) if head.exact_ids.numel() else ids
+        ids = torch.cat([ids, w.row_of[step.exact_ids]]) if step.exact_ids.numel() else ids
     z = w.dot(ids, h, rows=w.row_of is not None)                         # [N, U*cs + F]
     if n == 1:
-        tok = torch.cat([utok, head.exact_ids]) if head.exact_ids.numel() else utok
+        tok = torch.cat([utok, step.exact_ids]) if step.exact_ids.numel() else utok
         return tok.unsqueeze(0), z
     slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
     mine = z[:, : utok.numel()].view(n, -1, cs)[torch.arange(n).unsqueeze(1), slot]   # [N, P, cs]
-    tok = head.block_ids[top].flatten(1)
-    return (torch.cat([tok, head.exact_ids.expand(n, -1)], 1),
+    tok = step.block_ids[top].flatten(1)
+    return (torch.cat([tok, step.exact_ids.expand(n, -1)], 1),
             torch.cat([mine.flatten(1), z[:, utok.numel():]], 1))
 
 
-def _q8_fused(head) -> bool:
+def _q8_fused(step) -> bool:
     """Q8_0 rows with an int8 stage 1: the whole step in one native call (q8_0.c fh_q8_step)."""
-    return isinstance(head.weight, Q8Rows) and head.stage1.bits == 8 and head.hidden % 32 == 0
+    return isinstance(step.weight, Q8Rows) and step.stage1.bits == 8 and step.hidden % 32 == 0
 
 
-def _q8_step(head, h: torch.Tensor, want_greedy: bool):
-    w, st, n = head.weight, head.stage1, h.shape[0]
-    k, p, cs, f = head.num_clusters, head.probes, head.cluster_size, head.exact_ids.numel()
+def _q8_step(step, h: torch.Tensor, want_greedy: bool):
+    w, st, n = step.weight, step.stage1, h.shape[0]
+    k, p, cs, f = step.num_clusters, step.probes, step.cluster_size, step.exact_ids.numel()
     h = h.float().contiguous()
 
     def alloc(name, shape, dtype):   # greedy returns only tokens: its scores and logits are reused
-        return _buffer(head, name, shape, dtype) if want_greedy else torch.empty(shape, dtype=dtype)
+        return step.buffer(name, shape, dtype) if want_greedy else torch.empty(shape, dtype=dtype)
 
     scores = alloc("q8_scores", (n, k), torch.float32)
     top = alloc("q8_top", (n, p), torch.int64)
     z = alloc("q8_z", (n, p * cs + f), torch.float32)
-    scratch = _buffer(head, "q8_scratch", (n, k), torch.int64)
-    rows = _buffer(head, "q8_rows", (n, p * cs + f), torch.int64)
-    slots = head.block_ids.reshape(-1)                                  # [K*cs] tokens by slot
-    exact_rows = head.exact_ids if w.row_of is None else w.row_of[head.exact_ids]
+    scratch = step.buffer("q8_scratch", (n, k), torch.int64)
+    rows = step.buffer("q8_rows", (n, p * cs + f), torch.int64)
+    slots = step.block_ids.reshape(-1)                                  # [K*cs] tokens by slot
+    exact_rows = step.exact_ids if w.row_of is None else w.row_of[step.exact_ids]
     out = torch.empty(n, dtype=torch.int64) if want_greedy else None
     native.library().fh_q8_step(
         st.q.data_ptr(), st.scale.data_ptr(), k, p, w.blocks.data_ptr(), w.blocks.shape[1], cs,
         None if w.row_of is not None else slots.data_ptr(), exact_rows.data_ptr(), f, h.data_ptr(), n,
-        head.hidden, scores.data_ptr(), top.data_ptr(), z.data_ptr(), scratch.data_ptr(), rows.data_ptr(), w.threads,
-        slots.data_ptr(), head.exact_ids.data_ptr(), None if out is None else out.data_ptr())
+        step.hidden, scores.data_ptr(), top.data_ptr(), z.data_ptr(), scratch.data_ptr(), rows.data_ptr(), w.threads,
+        slots.data_ptr(), step.exact_ids.data_ptr(), None if out is None else out.data_ptr())
     if want_greedy:
         return out
-    tok = torch.cat([head.block_ids[top].flatten(1), head.exact_ids.expand(n, -1)], 1)
+    tok = torch.cat([step.block_ids[top].flatten(1), step.exact_ids.expand(n, -1)], 1)
     return scores, tok, z
 
 
-def greedy(head, h: torch.Tensor) -> torch.Tensor:
-    if _q8_fused(head):
-        return _q8_step(head, h, True)
-    _, tok, z = probe(head, h)
-    return tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1)
+def greedy(step, h: torch.Tensor) -> torch.Tensor:
+    if _q8_fused(step):
+        return _q8_step(step, h, True)
+    return pick(*probe(step, h)[1:])
 
 
-def logits(head, h: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(h.shape[0], head.vocab)                            # returned: caller owns it
-    return head.fill_logits(*probe(head, h), out=out)
+def logits(step, h: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(h.shape[0], step.vocab)                            # returned: caller owns it
+    return step.fill_logits(*probe(step, h), out=out)

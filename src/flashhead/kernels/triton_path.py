@@ -9,8 +9,8 @@ def _tk():
     return triton_kernels
 
 
-def stage1(head, h: torch.Tensor) -> torch.Tensor:
-    st, tk = head.stage1, _tk()
+def stage1(step, h: torch.Tensor) -> torch.Tensor:
+    st, tk = step.stage1, _tk()
     if st.bits == 4:
         return st(h)  # int4: dequantizing reference (no fused int4 kernel yet)
     c, scale = (st.centroids, None) if st.bits is None else (st.q, st.scale)
@@ -27,38 +27,35 @@ def _packed(z: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
     return (key << 32) | tok.to(torch.int64)
 
 
-def _run(head, h: torch.Tensor):
+def _run(step, h: torch.Tensor):
     tk = _tk()
-    scores = stage1(head, h)                                           # [N, K] fp32
-    top, slot, best = tk.topk(scores, head.probes)  # [N, P], [N, K], [N]
+    scores = stage1(step, h)                                           # [N, K] fp32
+    top, slot, best = tk.topk(scores, step.probes)  # [N, P], [N, K], [N]
     launch = tk.TUNED["stage2" if h.shape[0] < 8 else "stage2_batch"]
-    z = tk.stage2(h, head.weight, head.block_ids32, top, best, **launch)  # [N, P*cs]
+    z = tk.stage2(h, step.weight, step.block_ids32, top, best, **launch)  # [N, P*cs]
     zx = None
-    if head.exact_ids.numel():                                         # always-exact tokens
-        zx = h.float() @ head.exact_rows.float().T                        # [N, F]
-        best = torch.maximum(best, _packed(zx, head.exact_ids.expand_as(zx)).amax(1))
+    if step.exact_ids.numel():                                         # always-exact tokens
+        zx = h.float() @ step.exact_rows.float().T                        # [N, F]
+        best = torch.maximum(best, _packed(zx, step.exact_ids.expand_as(zx)).amax(1))
     return scores, top, slot, best, z, zx
 
 
-def probe(head, h: torch.Tensor):
-    scores, top, _, _, z, zx = _run(head, h)
-    tok = head.block_ids[top].flatten(1)
-    if zx is None:
-        return scores, tok, z
-    return scores, torch.cat([tok, head.exact_ids.expand(tok.shape[0], -1)], 1), torch.cat([z, zx], 1)
+def probe(step, h: torch.Tensor):
+    scores, top, _, _, z, _ = _run(step, h)
+    return (scores, *step.with_exact(h, step.block_ids[top].flatten(1), z))
 
 
-def greedy(head, h: torch.Tensor) -> torch.Tensor:
-    best = _run(head, h)[3]
+def greedy(step, h: torch.Tensor) -> torch.Tensor:
+    best = _run(step, h)[3]
     return best & 0xFFFFFFFF                                           # token id: low 32 bits
 
 
-def logits(head, h: torch.Tensor) -> torch.Tensor:
-    scores, _, slot, _, z, zx = _run(head, h)
+def logits(step, h: torch.Tensor) -> torch.Tensor:
+    scores, _, slot, _, z, zx = _run(step, h)
     best = z.amax(1) if zx is None else torch.maximum(z.amax(1), zx.amax(1))   # [N] best exact logit
     cap = torch.nextafter(best, torch.full_like(best, float("-inf")))  # estimates stay below it
-    out = _tk().logits(scores, head.offsets, cap, slot, z, head.assignments32, head.within32,
-                       head.cluster_size)
+    out = _tk().logits(scores, step.offsets, cap, slot, z, step.assignments32, step.within32,
+                       step.cluster_size)
     if zx is not None:
-        out.scatter_(1, head.exact_ids.expand(out.shape[0], -1), zx)
+        out.scatter_(1, step.exact_ids.expand(out.shape[0], -1), zx)
     return out

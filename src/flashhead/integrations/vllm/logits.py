@@ -5,11 +5,15 @@ afterwards in this process instantiate our subclass instead. It is constructed i
 while the model is built: the model directory comes from the current vLLM config, the assets are
 loaded (and validated) there, so bad assets stop the engine from starting. The FlashHead itself is
 built on the first call, once vLLM has loaded the weights (the fingerprint is checked at
-construction against the weight file, so assets of another model also stop the start), over the lm_head's own weight tensor:
-rows [:org_vocab_size] of vLLM's (possibly padded) VocabParallelEmbedding, a view, no copy.
+construction against the weight file, so assets of another model also stop the start), over the
+lm_head's own weight tensor: rows [:org_vocab_size] of vLLM's (possibly padded)
+VocabParallelEmbedding, a view, no copy.
 
 Prefill rule: vLLM passes `_get_logits` only the rows that need logits (the last position of each
-prefilling sequence, one row per decoding sequence), so every call is a FlashHead step.
+prefilling sequence, one row per decoding sequence), so every call is a FlashHead step, unless the
+dense rule (dense_rule.py, routed once per call) gives it to vLLM's own dense head.
+
+Imported only by `register()` (vllm/__init__.py), with vLLM present.
 """
 from __future__ import annotations
 
@@ -17,15 +21,26 @@ import os
 
 import torch
 
-from ...layout import CACHE_KEY, read_head_weight
 from ...config import FlashHeadError
-from ...head import FlashHead, dense_rule
+from ...dense_rule import DenseRule
+from ...head import FlashHead
 from ...index import ClusterIndex, check_fingerprint
-from ... import kernels
+from ...layout import CACHE_KEY, read_head_weight
 
+try:
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+except ImportError as e:
+    raise FlashHeadError(f"flashhead's vLLM plugin supports vLLM 0.32 (LogitsProcessor as a "
+                         f"PluggableLayer); this vLLM has none: {e}") from None
+if not hasattr(LogitsProcessor, "register_oot") or not hasattr(LogitsProcessor, "_get_logits"):
+    raise FlashHeadError("flashhead's vLLM plugin supports vLLM 0.32 (LogitsProcessor."
+                         "register_oot and _get_logits); this vLLM version lacks them")
+from vllm.config import get_current_vllm_config  # noqa: E402
+from vllm.logger import init_logger  # noqa: E402
+
+logger = init_logger("vllm.flashhead")
 PROBES_KEY = "flash_head_probes"   # optional override, e.g. LLM(..., hf_overrides={PROBES_KEY: 64})
 ENV_ENABLED = "FLASHHEAD_ENABLED"
-_MILESTONES = {1, 10, 100, 1000, 10000, 100000}
 # The dense rule's crossover against vLLM's dense head (fraction of V in stage-2 rows per step).
 # CPU (bf16, end to end, the rule off; docs/VLLM.md): Gemma-3-270M 1.11x at 0.25 V (batch 8),
 # 1.12x at 0.50 V (batch 16); SmolLM2 1.00x at 0.23 V (batch 2), 0.84x at 0.46 V (batch 4)
@@ -33,111 +48,77 @@ _MILESTONES = {1, 10, 100, 1000, 10000, 100000}
 CROSSOVER = {"cpu": 0.25, "cuda": 0.25}
 
 
+class FlashHeadLogitsProcessor(LogitsProcessor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._index = None
+        self._head = None
+        self._probes = None
+        cfg = get_current_vllm_config()
+        mc = cfg.model_config
+        hf = getattr(mc, "hf_config", None) if mc is not None else None
+        cache_dir = getattr(hf, CACHE_KEY, None)
+        if cache_dir is None or self.logits_as_input:
+            return   # not a FlashHead model: vLLM's own path, untouched
+        self._model = mc.model
+        if os.environ.get(ENV_ENABLED, "1") == "0":
+            logger.info_once("FlashHead disabled by %s=0: %s runs with its dense head",
+                             ENV_ENABLED, self._model)
+            return
+        tp = cfg.parallel_config.tensor_parallel_size
+        if tp > 1:
+            raise FlashHeadError(f"FlashHead in vLLM supports tensor_parallel_size=1 only, got {tp}")
+        assets = os.path.join(self._model, cache_dir)
+        # vLLM builds the model under a bf16 default dtype; the asset checks expect fp32
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            self._index = ClusterIndex.load(assets)   # FlashHeadError naming the bad file
+            # the weights are not loaded yet: check the fingerprint against the file, so that
+            # assets of another model stop the engine at start, not at the first request
+            check_fingerprint(self._index.fingerprint, read_head_weight(self._model), assets)
+        finally:
+            torch.set_default_dtype(prev)
+        self._probes = getattr(hf, PROBES_KEY, None)
+
+    def _build(self, lm_head, embedding_bias) -> FlashHead:
+        if embedding_bias is not None:
+            raise FlashHeadError("FlashHead does not support an output head with a bias")
+        weight = lm_head.weight.detach()[: self.org_vocab_size]   # [V, d] view of vLLM's tensor
+        head = FlashHead(weight, self._index, self._probes)
+        head.rule = DenseRule.measured(CROSSOVER, weight, logger)
+        logger.info("FlashHead: model=%s vocab=%d clusters(K)=%d cluster_size=%d probes=%d "
+                    "quantization=%s kernel=%s dtype=%s dense above %s of V per step", self._model,
+                    head.vocab, head.num_clusters, head.cluster_size, head.probes,
+                    head.config.quantization, head._resolved.name, weight.dtype, head.dense_above)
+        self._head = head
+        return head
+
+    def _route(self, lm_head, hidden_states, embedding_bias) -> FlashHead | None:
+        """The FlashHead for this call, or None where the dense rule gives the step to vLLM's own
+        dense head (routed and counted once, by the head's rule)."""
+        head = self._head or self._build(lm_head, embedding_bias)
+        return None if head.route(hidden_states.numel() // hidden_states.shape[-1]) else head
+
+    def _get_logits(self, hidden_states, lm_head, embedding_bias, skip_gather=False):
+        if self._index is None:
+            return super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
+        head = self._route(lm_head, hidden_states, embedding_bias)
+        if head is None:
+            return super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
+        return head.flash_logits(hidden_states)        # [N, V] fp32: exact on probed tokens
+
+    def get_top_tokens(self, lm_head, hidden_states, embedding_bias=None):
+        if self._index is None or self.scale <= 0.0 or self.soft_cap is not None:
+            return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
+        head = self._route(lm_head, hidden_states, embedding_bias)
+        if head is None:
+            return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
+        return head.flash_greedy(hidden_states)        # [N] greedy fast path (no full logits)
+
+
 def register_logits_processor() -> None:
-    try:
-        from vllm.model_executor.layers.logits_processor import LogitsProcessor
-    except ImportError as e:
-        raise FlashHeadError(f"flashhead's vLLM plugin supports vLLM 0.32 (LogitsProcessor as a "
-                             f"PluggableLayer); this vLLM has none: {e}") from None
-    if not hasattr(LogitsProcessor, "register_oot") or not hasattr(LogitsProcessor, "_get_logits"):
-        raise FlashHeadError("flashhead's vLLM plugin supports vLLM 0.32 (LogitsProcessor."
-                             "register_oot and _get_logits); this vLLM version lacks them")
     from vllm.model_executor.custom_op import op_registry_oot
 
     if "LogitsProcessor" not in op_registry_oot:
-        LogitsProcessor.register_oot(_make_class(LogitsProcessor))
-
-
-def _make_class(base):
-    from vllm.config import get_current_vllm_config
-    from vllm.logger import init_logger
-
-    logger = init_logger("vllm.flashhead")
-
-    class FlashHeadLogitsProcessor(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._index = None
-            self._head = None
-            self._probes = None
-            self._dense_steps = 0
-            cfg = get_current_vllm_config()
-            mc = cfg.model_config
-            hf = getattr(mc, "hf_config", None) if mc is not None else None
-            cache_dir = getattr(hf, CACHE_KEY, None)
-            if cache_dir is None or self.logits_as_input:
-                return   # not a FlashHead model: vLLM's own path, untouched
-            self._model = mc.model
-            if os.environ.get(ENV_ENABLED, "1") == "0":
-                logger.info_once("FlashHead disabled by %s=0: %s runs with its dense head",
-                                 ENV_ENABLED, self._model)
-                return
-            tp = cfg.parallel_config.tensor_parallel_size
-            if tp > 1:
-                raise FlashHeadError(f"FlashHead in vLLM supports tensor_parallel_size=1 only, got {tp}")
-            assets = os.path.join(self._model, cache_dir)
-            # vLLM builds the model under a bf16 default dtype; the asset checks expect fp32
-            prev = torch.get_default_dtype()
-            torch.set_default_dtype(torch.float32)
-            try:
-                self._index = ClusterIndex.load(assets)   # FlashHeadError naming the bad file
-                # the weights are not loaded yet: check the fingerprint against the file, so that
-                # assets of another model stop the engine at start, not at the first request
-                check_fingerprint(self._index.fingerprint, read_head_weight(self._model), assets)
-            finally:
-                torch.set_default_dtype(prev)
-            self._probes = getattr(hf, PROBES_KEY, None)
-
-        def _build(self, lm_head, embedding_bias) -> FlashHead:
-            if embedding_bias is not None:
-                raise FlashHeadError("FlashHead does not support an output head with a bias")
-            weight = lm_head.weight.detach()[: self.org_vocab_size]   # [V, d] view of vLLM's tensor
-            head = FlashHead(weight, self._index, self._probes)
-            head.dense_above = dense_rule(CROSSOVER, weight)
-            logger.info("FlashHead: model=%s vocab=%d clusters(K)=%d cluster_size=%d probes=%d "
-                        "quantization=%s kernel=%s dtype=%s dense above %s of V per step", self._model,
-                        head.vocab, head.num_clusters, head.cluster_size, head.probes,
-                        head.config.quantization, kernels.resolve(head.kernel, weight.device).name,
-                        weight.dtype, head.dense_above)
-            self._head = head
-            return head
-
-        def _count(self) -> None:
-            s = self._head.stats
-            total = s["flashhead_steps"] + s["dense_steps"]
-            if total in _MILESTONES:   # host-side ints only: no device sync
-                logger.info("FlashHead steps: flashhead=%d dense=%d", s["flashhead_steps"],
-                            s["dense_steps"])
-
-        def _route(self, lm_head, hidden_states, embedding_bias) -> FlashHead | None:
-            """The FlashHead for this call, or None where the dense rule gives the step to vLLM's
-            own dense head (counted here; FlashHead counts its own steps)."""
-            head = self._head or self._build(lm_head, embedding_bias)
-            if head.use_dense(hidden_states.numel() // hidden_states.shape[-1]):
-                head.stats["dense_steps"] += 1
-                return None
-            return head
-
-        def _get_logits(self, hidden_states, lm_head, embedding_bias, skip_gather=False):
-            if self._index is None:
-                return super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
-            head = self._route(lm_head, hidden_states, embedding_bias)
-            if head is None:
-                logits = super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
-            else:
-                logits = head(hidden_states)        # [N, V] fp32: exact on probed tokens
-            self._count()
-            return logits
-
-        def get_top_tokens(self, lm_head, hidden_states, embedding_bias=None):
-            if self._index is None or self.scale <= 0.0 or self.soft_cap is not None:
-                return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
-            head = self._route(lm_head, hidden_states, embedding_bias)
-            if head is None:
-                ids = super().get_top_tokens(lm_head, hidden_states, embedding_bias)
-            else:
-                ids = head.greedy(hidden_states)    # [N] greedy fast path (no full logits)
-            self._count()
-            return ids
-
-    return FlashHeadLogitsProcessor
+        LogitsProcessor.register_oot(FlashHeadLogitsProcessor)

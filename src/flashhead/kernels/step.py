@@ -1,0 +1,67 @@
+"""The decode step's operands: what every kernel reads, in one object the head owns.
+
+    stage 1   scores = stage1(h)                   [N, K]      quant.Stage1 (int8/int4/fp)
+    probe     top = topk(scores, probes)           [N, P]
+    stage 2   z = h . weight[block_ids[top]]       [N, P*cs]   exact, + the always-exact tokens
+    greedy    pick(tok, z)                         [N]         no [N, V] tensor
+    logits    fill_logits(scores, tok, z)          [N, V]      estimate.unprobed_logits, z scattered
+
+A kernel module (torch_ref, cpu, triton_path) implements `probe`, `greedy` and `logits` of
+(step, h); none of them sees the head module. Buffers a kernel reuses across steps live here.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..estimate import unprobed_logits
+
+
+def pick(tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Token ids [N, *] and their exact logits -> the greedy token [N]."""
+    return tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1)
+
+
+class Step:
+    def __init__(self, weight, stage1, block_ids, assignments, offsets, exact_ids, exact_rows,
+                 probes: int):
+        self.weight = weight                  # [V, d] the model's head (a tensor or q8rows.Q8Rows)
+        self.stage1 = stage1                  # quant.Stage1: h -> [N, K] fp32
+        self.block_ids = block_ids            # [K, cs] token ids of each cluster
+        self.assignments = assignments        # [V] cluster of each token
+        self.offsets = offsets                # [V] fp32 the estimate's per-token offsets
+        self.exact_ids = exact_ids            # [F] always-exact tokens
+        self.exact_rows = exact_rows          # [F, d] fp32 their rows
+        self.probes = probes
+        self.num_clusters, self.cluster_size = block_ids.shape
+        self.vocab, self.hidden = weight.shape
+        self.workspace: dict = {}             # the CPU kernel's buffers, grown to the largest step
+        # int32 tables for the Triton kernels; within32[v] = slot of token v inside its cluster
+        self.block_ids32, self.assignments32 = block_ids.int(), assignments.int()
+        self.within32 = torch.empty_like(self.assignments32)
+        self.within32[block_ids.flatten()] = torch.arange(
+            self.cluster_size, dtype=torch.int32, device=block_ids.device).repeat(self.num_clusters)
+
+    def buffer(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """A reused buffer of `shape` (no fresh multi-MB allocation, hence no page faults, per step)."""
+        numel = 1
+        for s in shape:
+            numel *= s
+        buf = self.workspace.get((name, dtype))
+        if buf is None or buf.numel() < numel:
+            buf = self.workspace[(name, dtype)] = torch.empty(numel, dtype=dtype, device=self.block_ids.device)
+        return buf[:numel].view(shape)
+
+    def with_exact(self, h: torch.Tensor, tok: torch.Tensor, z: torch.Tensor):
+        """Append the always-exact tokens to a step's token ids and exact logits [N, *] (a token
+        also probed appears twice, with the same logit)."""
+        if not self.exact_ids.numel():
+            return tok, z
+        return (torch.cat([tok, self.exact_ids.expand(tok.shape[0], -1)], 1),
+                torch.cat([z, h.float() @ self.exact_rows.T], 1))
+
+    def fill_logits(self, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """probe's scores [N, K], token ids and exact logits [N, *] -> logits [N, V] fp32: the exact
+        z where probed, the estimate elsewhere (strictly below the best z, so argmax == pick)."""
+        out = unprobed_logits(scores, z.amax(1, keepdim=True), self.assignments, self.offsets, out=out)
+        return out.scatter_(1, tok, z)
