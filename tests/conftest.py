@@ -2,6 +2,7 @@
 FlashHead directory is built once per test session and reused by every real-model test."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 # Keep test timings stable and the 2-core CI machine responsive.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-MODEL_FIXTURES = {"smollm2_hf_dir", "smollm2_flashhead_dir", "smollm2_head"}
+MODEL_FIXTURES = {"smollm2_hf_dir", "smollm2_flashhead_dir", "smollm2_head", "smollm2_published_dir"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -51,3 +52,40 @@ def smollm2_head(smollm2_hf_dir) -> torch.Tensor:
     from flashhead.layout import read_head_weight
 
     return read_head_weight(smollm2_hf_dir).float()
+
+
+def write_published(hf_dir: Path, out: Path, start: Path, n_probes=None, flat: bool = False) -> Path:
+    """A directory in the layout published FlashHead checkpoints use (no flashhead.json; only
+    `centroids` [1, 1, d, K] (or [d, K] with `flat`) and `cluster_assignments` [V] int64; cosine
+    stage 1; unequal clusters), written from SmolLM2's real head: the balanced clusters of the
+    directory `start`, then one spherical k-means pass (each row to its nearest normalised
+    centroid), which leaves the clusters unequal, as a published build's are."""
+    from safetensors.torch import save_file
+
+    from flashhead.build import _copy_model_files
+    from flashhead.layout import load_assets, read_config, read_head_weight
+
+    x = torch.nn.functional.normalize(read_head_weight(hf_dir).float(), dim=1)
+    a = load_assets(start).assignments
+    k = int(a.max()) + 1
+    c = torch.nn.functional.normalize(torch.zeros(k, x.shape[1]).index_add_(0, a, x), dim=1)
+    a = torch.cat([(x[s:s + 8192] @ c.T).argmax(1) for s in range(0, x.shape[0], 8192)])
+    c = torch.nn.functional.normalize(torch.zeros(k, x.shape[1]).index_add_(0, a, x), dim=1)
+    out.mkdir(parents=True)
+    _copy_model_files(hf_dir, out)
+    (out / "flash_head_assets").mkdir()
+    cent = c.T.contiguous() if flat else c.T.contiguous()[None, None]
+    save_file({"centroids": cent, "cluster_assignments": a.long()},
+              str(out / "flash_head_assets" / "clustering_cache.safetensors"))
+    config = read_config(hf_dir)
+    config["architectures"] = ["FlashHead" + config["architectures"][0]]
+    config["flash_head_cache_dir"] = "flash_head_assets"
+    if n_probes:
+        config["n_probes"] = n_probes
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_published_dir(smollm2_hf_dir, smollm2_flashhead_dir, tmp_path_factory) -> Path:
+    return write_published(smollm2_hf_dir, tmp_path_factory.mktemp("published") / "smollm2", smollm2_flashhead_dir)

@@ -71,7 +71,7 @@ def test_missing_file_and_missing_key(assets):
     _edit_tensors(assets, cluster_assignments=None)
     with pytest.raises(FlashHeadError, match="missing tensor 'cluster_assignments'"):
         ClusterIndex.load(assets)
-    (assets / JSON_FILE).unlink()
+    (assets / TENSORS_FILE).unlink()
     with pytest.raises(FlashHeadError, match="missing FlashHead asset file"):
         ClusterIndex.load(assets)
 

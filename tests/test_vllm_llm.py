@@ -67,6 +67,14 @@ def test_all_probes_equals_dense(smollm2_flashhead_dir, dense_tokens):
     assert out == dense_tokens
 
 
+def test_published_layout_all_probes_equals_dense(smollm2_published_dir, dense_tokens):
+    """A directory in the published layout (no flashhead.json, cosine stage 1, unequal clusters
+    padded: tests/test_published.py) serves in vLLM; with every cluster probed, the dense tokens."""
+    llm, out = _greedy(smollm2_published_dir, hf_overrides={"flash_head_probes": 3072})
+    _close(llm)
+    assert out == dense_tokens
+
+
 def test_default_probes_agree_on_most_prompts(flashhead_llm, dense_tokens):
     _, out = flashhead_llm
     same = sum(a == b for a, b in zip(out, dense_tokens))

@@ -35,6 +35,9 @@ DEFAULT_CALIBRATION = ["suite"]
 # Calibration positions: 16,384 (12,288 to fit, 4,096 held out to choose probes). Measured on
 # SmolLM2 (docs/FIDELITY.md): fitting on 6,144 instead left ~20% more dense top-1 misses.
 CALIBRATION_POSITIONS = 16384
+# An upgrade (published clusters kept) fits only the estimate offsets (estimate.FIT_POSITIONS read)
+# and measures the held-out agreement on the rest.
+UPGRADE_POSITIONS = 6144
 
 
 def _copy_model_files(src: Path, dst: Path) -> None:
@@ -208,3 +211,44 @@ def _peak_rss_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def upgrade(model_dir, calibration=None, positions: int = UPGRADE_POSITIONS, progress: bool = True,
+            device: str | None = None) -> Path:
+    """Make a published-layout directory (index.py) a full FlashHead directory, in place: add
+    flashhead.json (config at the published probes, the head's fingerprint, a build record with the
+    held-out agreement), the always-exact end tokens and the estimate's per-token offsets fitted
+    on calibration text. The published clusters and both tensors stay as they are."""
+    from safetensors.torch import load_file
+
+    from .estimate import fit_offsets
+    from .fit import dense_top1_rank
+    from .head import FlashHead
+    from .index import JSON_FILE, TENSORS_FILE, fingerprint
+    from .layout import assets_dir, load_assets
+
+    model_dir = Path(model_dir)
+    folder = assets_dir(model_dir)
+    if (folder / JSON_FILE).is_file():
+        raise FlashHeadError(f"{folder} already has {JSON_FILE}: nothing to upgrade")
+    index = load_assets(model_dir)
+    weight = read_head_weight(model_dir).float()
+    if weight.shape[0] != index.vocab:
+        raise FlashHeadError(f"{folder}: clusters cover {index.vocab} tokens, the head has {weight.shape[0]}")
+    sources = calibration_sources(DEFAULT_CALIBRATION if calibration is None else calibration)
+    t0 = time.perf_counter()
+    fit, held = split_held_out(calibration_hidden(model_dir, weight, sources, positions, index.config.seed,
+                                                  device, progress))
+    index.config = dataclasses.replace(index.config, exact_tokens=end_tokens(model_dir))
+    index.fingerprint = fingerprint(weight)
+    agreement = float((dense_top1_rank(FlashHead(weight, index), held, weight) < index.config.probes)
+                      .float().mean())
+    index.offsets = fit_offsets(FlashHead(weight, index), weight, fit, progress=progress)
+    index.build = {"layout": "published, upgraded by flashhead", "source": str(model_dir),
+                   "calibration": {"text": describe(sources), "positions": fit.shape[0],
+                                   "held_out_positions": held.shape[0], "held_out_agreement": agreement},
+                   "seconds": {"total": round(time.perf_counter() - t0, 1)}}
+    published = load_file(str(folder / TENSORS_FILE))
+    index.save(model_dir, {k: published[k] for k in ("centroids", "cluster_assignments")},
+               assets=folder.name)
+    return model_dir

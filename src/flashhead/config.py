@@ -9,6 +9,7 @@ import dataclasses
 
 FORMAT_VERSION = 1
 QUANTIZATIONS = ("none", "int8", "int4")
+STAGE1 = ("mean", "cosine")
 
 
 class FlashHeadError(ValueError):
@@ -30,6 +31,11 @@ class FlashHeadConfig:
     # Stage-1 (centroid) storage: "none" keeps the head's dtype, int8/int4 use per-row scales.
     # int8: a quarter of fp32 bytes, no measured loss of agreement (docs/FIDELITY.md).
     quantization: str = "int8"
+    # Stage-1 score: "mean" (our builds) h . c_k with c_k the members' usage-weighted mean, so s_k is
+    # a cluster logit the estimate starts from; "cosine" (published FlashHead checkpoints) h . c_k/|c_k|,
+    # ranking only: the estimate then starts from the members' plain mean (head.py). Clusters of a
+    # "cosine" index may be unequal (cluster_size is the largest; shorter ones are padded).
+    stage1: str = "mean"
     # Balanced k-means build parameters.
     iterations: int = 8
     seed: int = 0
@@ -46,6 +52,8 @@ class FlashHeadConfig:
         self.exact_tokens = sorted(set(self.exact_tokens))
         if self.quantization not in QUANTIZATIONS:
             raise FlashHeadError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.stage1 not in STAGE1:
+            raise FlashHeadError(f"stage1 must be one of {STAGE1}, got {self.stage1!r}")
         if not isinstance(self.iterations, int) or self.iterations < 0:
             raise FlashHeadError(f"iterations must be a non-negative integer, got {self.iterations!r}")
         if self.version != FORMAT_VERSION:

@@ -50,7 +50,7 @@ def fit_offsets(head, weight: torch.Tensor, h: torch.Tensor, chunk: int = 256,
         x = h[s:s + chunk]
         dense = x.float() @ w.T                                                 # [n, V]
         scores, tok, z = head.probe(x.to(weight.dtype))                         # the step as it runs
-        q = head.fill_logits(scores, tok, z)                                    # its logits [n, V]
+        q = head.fill_logits(x, scores, tok, z)                                  # its logits [n, V]
         probed = torch.zeros_like(q, dtype=torch.bool).scatter_(1, tok, True)
         num += torch.softmax(dense, 1).masked_fill_(probed, 0).sum(0).double().cpu()
         den += torch.softmax(q, 1).masked_fill_(probed, 0).sum(0).double().cpu()

@@ -41,7 +41,7 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
                 head.probes = p
                 scores, tok, z = head.probe(h.to(weight.dtype))
                 greedy = pick(tok, z)
-                logits = head.fill_logits(scores, tok, z)       # = head(h), one step not two
+                logits = head.fill_logits(h, scores, tok, z)       # = head(h), one step not two
                 acc = sums[p]
                 acc["agree"] += float(metrics.top1_agreement(greedy, dense).sum())
                 acc["contain1"] += float(metrics.containment(tok, dense, 1).sum())

@@ -63,7 +63,13 @@ class FlashHead(torch.nn.Module):
         self.register_buffer("exact_ids", exact.to(weight.device), persistent=False)            # [F]
         # their rows, gathered once (the steps multiply by them; fp32 like every exact logit)
         self.register_buffer("exact_rows", gather_rows(weight, self.exact_ids).float(), persistent=False)
-        self.stage1 = Stage1(index.centroids, index.config.quantization, weight.dtype, weight.device)
+        cosine = index.config.stage1 == "cosine"        # published layout: rank by cosine (config.py)
+        c = torch.nn.functional.normalize(index.centroids, dim=1) if cosine else index.centroids
+        self.stage1 = Stage1(c, index.config.quantization, weight.dtype, weight.device)
+        # the estimate's cluster score: stage 1's own score, or for a cosine index the members' mean
+        # logit h . mean(w) (one more [K, d] fp32 table, read by the logits path only)
+        self.estimate = Stage1(member_means(weight, index.assignments, self.num_clusters), "none",
+                               torch.float32, weight.device) if cosine else None
         self.rule = DenseRule()           # off in the core; each integration sets its measured rule
         self.cuda_graphs = True           # eager CUDA calls replay a captured step (kernels/graphs.py)
         self._graphs = GraphCache()
@@ -72,7 +78,7 @@ class FlashHead(torch.nn.Module):
 
     def _make_step(self, probes: int) -> Step:
         return Step(self.weight, self.stage1, self.block_ids, self.assignments, self.offsets,
-                    self.exact_ids, self.exact_rows, probes)
+                    self.exact_ids, self.exact_rows, probes, self.estimate)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)       # buffers moved or cast: the step refers to the new ones
@@ -133,9 +139,9 @@ class FlashHead(torch.nn.Module):
         fp32 (F: the always-exact tokens)."""
         return self._path().probe(self.step, h)
 
-    def fill_logits(self, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """probe()'s output -> logits [N, V] fp32 (kernels/step.py)."""
-        return self.step.fill_logits(scores, tok, z)
+    def fill_logits(self, h: torch.Tensor, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """h [N, d] and probe(h)'s output -> logits [N, V] fp32 (kernels/step.py)."""
+        return self.step.fill_logits(h, scores, tok, z)
 
     def route(self, n: int) -> bool:
         """The dense rule for a step of n positions (N*P*cs stage-2 rows): True -> dense. Counted."""
@@ -195,3 +201,13 @@ class FlashHead(torch.nn.Module):
             return fn(self.step, h)
         key = (fn, h.shape[0], h.dtype, self.probes, self._resolved)
         return self._graphs.run(key, lambda x: fn(self.step, x), h)
+
+
+def member_means(weight, assignments: torch.Tensor, k: int, chunk: int = 32768) -> torch.Tensor:
+    """[K, d] fp32: the plain mean of each cluster's head rows (any head form, read in chunks)."""
+    v, d = weight.shape
+    sums = torch.zeros(k, d)
+    for s in range(0, v, chunk):
+        ids = torch.arange(s, min(s + chunk, v))
+        sums.index_add_(0, assignments[ids].cpu(), gather_rows(weight, ids.to(assignments.device)).float().cpu())
+    return sums / torch.bincount(assignments.cpu(), minlength=k).clamp_min(1).unsqueeze(1)

@@ -8,12 +8,24 @@ Files (inside a model directory's `flash_head_assets/`):
                                     "fingerprint": {...}, "build": {...}}
 
 Derived at load (never stored): `block_ids [K, cs]`, the token ids of each cluster as one row
-(padded with token 0 and masked by `block_mask` where V % cs != 0).
+(padded with token 0 and masked by `block_mask` where a cluster has fewer than cs members).
+
+Published layout: directories of published FlashHead checkpoints have no flashhead.json; their
+clustering_cache.safetensors holds only `centroids` ([d, K] or [1, 1, d, K]) and
+`cluster_assignments` ([V] int64), their stage-1 score is the cosine to the normalised centroids,
+clusters may be unequal, and config.json may give `n_probes` (default K/16) and `n_clusters`.
+`load` reads them as config.stage1 = "cosine", cluster_size = the largest cluster, no
+fingerprint (logged once where the head is built: nothing to check it against);
+`flashhead upgrade DIR` (build.upgrade) adds flashhead.json, the fingerprint and the estimate
+offsets in place and keeps both tensors as they are. Our own files keep the two tensors under
+the published names and shapes, so a reader of that layout finds the clusters in ours too.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 from pathlib import Path
 
 import torch
@@ -42,7 +54,17 @@ def fingerprint(weight: torch.Tensor) -> dict:
             "row_norms": sample.norm(dim=1).tolist()}
 
 
-def check_fingerprint(expected: dict, weight: torch.Tensor, where: str) -> None:
+_UNCHECKED: set = set()
+
+
+def check_fingerprint(expected: dict | None, weight: torch.Tensor, where: str) -> None:
+    if expected is None:                                 # published layout: nothing to compare
+        if where not in _UNCHECKED:
+            _UNCHECKED.add(where)
+            logging.getLogger("flashhead").warning(
+                "%s: no flashhead.json, so no fingerprint: cannot check that these assets were built "
+                "from this head (`flashhead upgrade DIR` adds one)", where)
+        return
     v, d = weight.shape
     if list(expected["shape"]) != [v, d]:
         raise FlashHeadError(f"{where}: assets were built for a head of shape {expected['shape']}, "
@@ -62,7 +84,7 @@ class ClusterIndex:
     config: FlashHeadConfig
     assignments: torch.Tensor   # [V] int64
     centroids: torch.Tensor     # [K, d] float32 (raw cluster means)
-    fingerprint: dict
+    fingerprint: dict | None     # None: published layout without flashhead.json (nothing to check)
     build: dict = dataclasses.field(default_factory=dict)
     offsets: torch.Tensor | None = None   # [V] float32 (estimate.py); None: zeros
 
@@ -99,21 +121,26 @@ class ClusterIndex:
             raise FlashHeadError(f"{where}: cluster_assignments must be a 1-D integer tensor, "
                                  f"got shape {list(a.shape)} {a.dtype}")
         v = a.numel()
-        if list(self.fingerprint.get("shape", [None]))[0] != v:
+        if self.fingerprint is not None and list(self.fingerprint.get("shape", [None]))[0] != v:
             raise FlashHeadError(f"{where}: cluster_assignments has {v} tokens but the fingerprint "
                                  f"says the vocabulary is {self.fingerprint.get('shape', ['?'])[0]}")
-        k = -(-v // cs)
+        balanced = self.config.stage1 == "mean"          # our builds; published clusters may differ
+        k = -(-v // cs) if balanced else c.shape[0]
         if c.dim() != 2 or c.shape[0] != k:
             raise FlashHeadError(f"{where}: expected {k} centroids for vocabulary {v} and cluster "
                                  f"size {cs}, got centroids of shape {list(c.shape)}")
         if int(a.min()) < 0 or int(a.max()) >= k:
             raise FlashHeadError(f"{where}: cluster_assignments holds ids outside [0, {k})")
         counts = torch.bincount(a.long(), minlength=k)
-        want = torch.full((k,), cs, dtype=torch.int64)
-        want[-1] = v - cs * (k - 1)
-        if not torch.equal(torch.sort(counts).values, torch.sort(want).values):
-            raise FlashHeadError(f"{where}: clusters are not of equal size {cs} "
-                                 f"(sizes range {int(counts.min())}..{int(counts.max())})")
+        if balanced:
+            want = torch.full((k,), cs, dtype=torch.int64)
+            want[-1] = v - cs * (k - 1)
+            if not torch.equal(torch.sort(counts).values, torch.sort(want).values):
+                raise FlashHeadError(f"{where}: clusters are not of equal size {cs} "
+                                     f"(sizes range {int(counts.min())}..{int(counts.max())})")
+        elif int(counts.max()) > cs:
+            raise FlashHeadError(f"{where}: a cluster has {int(counts.max())} members, more than "
+                                 f"cluster_size {cs}")
         if not torch.isfinite(c).all():
             raise FlashHeadError(f"{where}: centroids contain NaN or infinite values")
         if self.offsets.shape != (v,):
@@ -123,35 +150,46 @@ class ClusterIndex:
 
     # ---- disk -------------------------------------------------------------------------------
 
-    def save(self, model_dir: str | Path) -> Path:
+    def save(self, model_dir: str | Path, tensors: dict | None = None, assets: str = ASSETS_DIR) -> Path:
+        """Write the assets into `model_dir`/`assets`, each file replaced atomically (the
+        tensors first: flashhead.json marks a complete folder). `tensors` overrides the stored
+        centroids/assignments (an upgrade keeps a published folder's own tensors)."""
         from safetensors.torch import save_file
 
         from . import __version__
 
-        out = Path(model_dir) / ASSETS_DIR
+        out = Path(model_dir) / assets
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"centroids": self.centroids.T.contiguous().float(),
-                   "cluster_assignments": self.assignments.long().contiguous(),
-                   "token_offsets": self.offsets.float().contiguous()}, str(out / TENSORS_FILE))
+        tensors = tensors or {"centroids": self.centroids.T.contiguous().float(),
+                              "cluster_assignments": self.assignments.long().contiguous()}
+        tmp = out / f".{TENSORS_FILE}.tmp"
+        save_file({**tensors, "token_offsets": self.offsets.float().contiguous()}, str(tmp))
+        os.replace(tmp, out / TENSORS_FILE)
         meta = {"format_version": FORMAT_VERSION, "library_version": __version__,
                 "config": self.config.to_dict(), "fingerprint": self.fingerprint, "build": self.build}
-        (out / JSON_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        tmp = out / f".{JSON_FILE}.tmp"
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(tmp, out / JSON_FILE)
         return out
 
     @classmethod
-    def load(cls, assets_dir: str | Path) -> "ClusterIndex":
+    def load(cls, assets_dir: str | Path, probes: int | None = None) -> "ClusterIndex":
+        """The validated index in `assets_dir`; a published-layout folder (no flashhead.json) too,
+        at `probes` (config.json's n_probes; default K/16)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         assets_dir = Path(assets_dir)
         tensors_path, json_path = assets_dir / TENSORS_FILE, assets_dir / JSON_FILE
-        for p in (tensors_path, json_path):
-            if not p.is_file():
-                raise FlashHeadError(f"missing FlashHead asset file: {p}")
-        try:
-            meta = json.loads(json_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise FlashHeadError(f"{json_path}: not valid JSON ({e})") from None
+        if not tensors_path.is_file():
+            raise FlashHeadError(f"missing FlashHead asset file: {tensors_path}")
+        if json_path.is_file():
+            try:
+                meta = json.loads(json_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise FlashHeadError(f"{json_path}: not valid JSON ({e})") from None
+        else:
+            meta = None
         try:
             tensors = load_file(str(tensors_path))
         except (SafetensorError, OSError, ValueError) as e:
@@ -159,6 +197,8 @@ class ClusterIndex:
         for key in ("centroids", "cluster_assignments"):
             if key not in tensors:
                 raise FlashHeadError(f"{tensors_path}: missing tensor '{key}'")
+        if meta is None:
+            return cls._published(tensors, probes, str(assets_dir))
         for key in ("config", "fingerprint"):
             if key not in meta:
                 raise FlashHeadError(f"{json_path}: missing key '{key}'")
@@ -167,13 +207,32 @@ class ClusterIndex:
                                  f"newer flashhead ({meta.get('library_version')}); this one reads up to "
                                  f"{FORMAT_VERSION}: pip install -U flashhead")
         config = FlashHeadConfig.from_dict(meta["config"])
-        centroids = tensors["centroids"]
-        while centroids.dim() > 2 and centroids.shape[0] == 1:  # published layout may be [1, d, K]
-            centroids = centroids[0]
-        centroids = centroids.float().T.contiguous()            # [K, d]
-        assignments = tensors["cluster_assignments"].reshape(-1).long()
         offsets = tensors.get("token_offsets")
-        index = cls(config, assignments, centroids, meta["fingerprint"], meta.get("build", {}),
-                    None if offsets is None else offsets.float())
+        index = cls(config, tensors["cluster_assignments"].reshape(-1).long(), _centroids(tensors),
+                    meta["fingerprint"], meta.get("build", {}), None if offsets is None else offsets.float())
         index.validate(str(assets_dir))
         return index
+
+    @classmethod
+    def _published(cls, tensors: dict, probes: int | None, where: str) -> "ClusterIndex":
+        centroids = _centroids(tensors)
+        assignments = tensors["cluster_assignments"].reshape(-1).long()
+        k = centroids.shape[0]
+        if assignments.numel() and (int(assignments.min()) < 0 or int(assignments.max()) >= k):
+            raise FlashHeadError(f"{where}: cluster_assignments holds ids outside [0, {k})")
+        size = int(torch.bincount(assignments, minlength=k).max())
+        config = FlashHeadConfig(cluster_size=size, probes=probes or max(1, k // 16), quantization="none",
+                                 stage1="cosine")
+        offsets = tensors.get("token_offsets")                 # written by an interrupted upgrade
+        index = cls(config, assignments, centroids, None, {"layout": "published"},
+                    None if offsets is None else offsets.float())
+        index.validate(where)
+        return index
+
+
+def _centroids(tensors: dict) -> torch.Tensor:
+    """The stored centroids [d, K] (leading singleton dims accepted) -> [K, d] float32."""
+    c = tensors["centroids"]
+    while c.dim() > 2 and c.shape[0] == 1:                     # published layout may be [1, 1, d, K]
+        c = c[0]
+    return c.float().T.contiguous()

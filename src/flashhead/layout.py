@@ -3,7 +3,7 @@
     config.json                      "architectures": ["FlashHead<Arch>"], "flash_head_cache_dir":
                                      "flash_head_assets" (CACHE_KEY); model_type unchanged
     *.safetensors                    the model's weights (the head read by read_head_weight)
-    flash_head_assets/               the ClusterIndex (index.py)
+    flash_head_assets/               the ClusterIndex (index.py; published checkpoints' layout too)
 
 `load_assets(model_dir)` is the one way to find and load a directory's assets.
 """
@@ -19,6 +19,8 @@ from .index import ClusterIndex
 
 ARCH_PREFIX = "FlashHead"
 CACHE_KEY = "flash_head_cache_dir"
+# optional keys of published FlashHead checkpoints' config.json (read when there is no flashhead.json)
+PUBLISHED_PROBES, PUBLISHED_CLUSTERS = "n_probes", "n_clusters"
 
 
 def base_architecture(config: dict) -> str:
@@ -71,5 +73,16 @@ def assets_dir(model_dir) -> Path:
 
 
 def load_assets(model_dir) -> ClusterIndex:
-    """The validated ClusterIndex of a FlashHead model directory."""
-    return ClusterIndex.load(assets_dir(model_dir))
+    """The validated ClusterIndex of a FlashHead model directory (a published-layout one too: its
+    config.json's `n_probes`, and `n_clusters` checked; index.py)."""
+    config = read_config(model_dir)
+    folder = assets_dir(model_dir)
+    probes = config.get(PUBLISHED_PROBES)
+    if probes is not None and (not isinstance(probes, int) or probes < 1):
+        raise FlashHeadError(f"{model_dir}/config.json: {PUBLISHED_PROBES} must be a positive integer, got {probes!r}")
+    index = ClusterIndex.load(folder, probes)
+    k = config.get(PUBLISHED_CLUSTERS)
+    if k is not None and k != index.num_clusters:
+        raise FlashHeadError(f"{model_dir}/config.json: {PUBLISHED_CLUSTERS}={k} but {folder} holds "
+                             f"{index.num_clusters} centroids")
+    return index

@@ -10,9 +10,10 @@ EPILOG = """examples:
   flashhead build path/to/hf-model-dir -o models/my-flashhead --calibrate-on self --probes 256 --json
 
 Calibration: the model runs over real text and the clusters are fitted to where its hidden states
-point. --calibrate-on takes `fortunes` (default: the calibration half of Debian's fortunes, English
-prose; the other half is `flashhead eval`'s held-out text), `self` (the model's own samples: no
-corpus needed), or text files like your workload (one text per blank-line separated paragraph).
+point. --calibrate-on takes `suite` (default: the calibration documents of every domain of the
+suite and the model's own samples; the evaluation documents are `flashhead eval`'s), domain names
+(`prose`, `code`, ...; `fortunes` is `prose`), `self` (the model's own samples: no corpus needed),
+or text files like your workload (one text per blank-line separated paragraph).
 Default probes: the smallest count reaching --target-agreement on the last quarter of that text.
 """
 
@@ -46,18 +47,11 @@ def add_arguments(p):
 def run(args):
     from ..build import build
     from ..config import FlashHeadConfig
-    from ..corpus import read_files
     from ..layout import load_assets
 
     config = FlashHeadConfig(cluster_size=args.cluster_size, quantization=args.quantization,
                              iterations=args.iterations, seed=args.seed)
-    from ..build import DEFAULT_CALIBRATION, calibration_sources
-    from ..corpus import DOMAINS
-
-    names = [x for x in (args.calibrate_on or []) if x in ("self", "suite", "fortunes") or x in DOMAINS]
-    files = [x for x in (args.calibrate_on or []) if x not in names]
-    calibration = calibration_sources(names + ([read_files(files)] if files else [])) \
-        if args.calibrate_on else DEFAULT_CALIBRATION
+    calibration = calibration_arg(args.calibrate_on)
     out = build(args.source, args.output, config, progress=not args.json, device=args.device,
                 calibration=calibration, positions=args.calibration_positions,
                 target_agreement=args.target_agreement, probes=args.probes)
@@ -70,3 +64,15 @@ def run(args):
         print(f"wrote {out}: {stats['clusters']} clusters of {stats['cluster_size']} tokens, "
               f"probes {index.config.probes} ({cal['held_out_agreement']:.2%} greedy agreement on "
               f"{cal['held_out_positions']} held-out positions), {stats['seconds']['total']:.0f} s")
+
+
+def calibration_arg(calibrate_on):
+    """--calibrate-on's words -> build's calibration: source names kept, the rest read as text files."""
+    from ..build import DEFAULT_CALIBRATION, calibration_sources
+    from ..corpus import DOMAINS, read_files
+
+    if not calibrate_on:
+        return DEFAULT_CALIBRATION
+    names = [x for x in calibrate_on if x in ("self", "suite", "fortunes") or x in DOMAINS]
+    files = [x for x in calibrate_on if x not in names]
+    return calibration_sources(names + ([read_files(files)] if files else []))

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["build", "generate", "demo", "eval", "bench"]
+SUBCOMMANDS = ["build", "upgrade", "generate", "demo", "eval", "bench"]
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict]:

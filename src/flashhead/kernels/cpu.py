@@ -154,4 +154,4 @@ def greedy(step, h: torch.Tensor) -> torch.Tensor:
 
 def logits(step, h: torch.Tensor) -> torch.Tensor:
     out = torch.empty(h.shape[0], step.vocab)                            # returned: caller owns it
-    return step.fill_logits(*probe(step, h), out=out)
+    return step.fill_logits(h, *probe(step, h), out=out)

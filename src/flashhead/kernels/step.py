@@ -23,7 +23,7 @@ def pick(tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 class Step:
     def __init__(self, weight, stage1, block_ids, assignments, offsets, exact_ids, exact_rows,
-                 probes: int):
+                 probes: int, estimate=None):
         self.weight = weight                  # [V, d] the model's head (a tensor or q8rows.Q8Rows)
         self.stage1 = stage1                  # quant.Stage1: h -> [N, K] fp32
         self.block_ids = block_ids            # [K, cs] token ids of each cluster
@@ -32,6 +32,7 @@ class Step:
         self.exact_ids = exact_ids            # [F] always-exact tokens
         self.exact_rows = exact_rows          # [F, d] fp32 their rows
         self.probes = probes
+        self.estimate = estimate              # None: the estimate starts from stage 1's scores
         self.num_clusters, self.cluster_size = block_ids.shape
         self.vocab, self.hidden = weight.shape
         self.workspace: dict = {}             # the CPU kernel's buffers, grown to the largest step
@@ -59,9 +60,16 @@ class Step:
         return (torch.cat([tok, self.exact_ids.expand(tok.shape[0], -1)], 1),
                 torch.cat([z, h.float() @ self.exact_rows.T], 1))
 
-    def fill_logits(self, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor,
+    def cluster_logits(self, h: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The estimate's per-cluster score [N, K]: stage 1's own ("mean" index), or the members'
+        mean logit for a "cosine" index whose stage-1 scores only rank (config.py)."""
+        return scores if self.estimate is None else self.estimate(h)
+
+    def fill_logits(self, h: torch.Tensor, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor,
                     out: torch.Tensor | None = None) -> torch.Tensor:
-        """probe's scores [N, K], token ids and exact logits [N, *] -> logits [N, V] fp32: the exact
-        z where probed, the estimate elsewhere (strictly below the best z, so argmax == pick)."""
-        out = unprobed_logits(scores, z.amax(1, keepdim=True), self.assignments, self.offsets, out=out)
+        """h [N, d] and probe's scores [N, K], token ids and exact logits [N, *] -> logits [N, V]
+        fp32: the exact z where probed, the estimate elsewhere (strictly below the best z, so
+        argmax == pick)."""
+        out = unprobed_logits(self.cluster_logits(h, scores), z.amax(1, keepdim=True), self.assignments,
+                              self.offsets, out=out)
         return out.scatter_(1, tok, z)

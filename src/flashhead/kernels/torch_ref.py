@@ -31,4 +31,4 @@ def greedy(step, h: torch.Tensor) -> torch.Tensor:
 
 
 def logits(step, h: torch.Tensor) -> torch.Tensor:
-    return step.fill_logits(*probe(step, h))                             # [N, V]
+    return step.fill_logits(h, *probe(step, h))                          # [N, V]

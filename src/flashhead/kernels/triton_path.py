@@ -54,7 +54,7 @@ def logits(step, h: torch.Tensor) -> torch.Tensor:
     scores, _, slot, _, z, zx = _run(step, h)
     best = z.amax(1) if zx is None else torch.maximum(z.amax(1), zx.amax(1))   # [N] best exact logit
     cap = torch.nextafter(best, torch.full_like(best, float("-inf")))  # estimates stay below it
-    out = _tk().logits(scores, step.offsets, cap, slot, z, step.assignments32, step.within32,
+    out = _tk().logits(step.cluster_logits(h, scores), step.offsets, cap, slot, z, step.assignments32, step.within32,
                        step.cluster_size)
     if zx is not None:
         out.scatter_(1, step.exact_ids.expand(out.shape[0], -1), zx)

@@ -24,8 +24,8 @@ import torch
 from ...config import FlashHeadError
 from ...dense_rule import DenseRule
 from ...head import FlashHead
-from ...index import ClusterIndex, check_fingerprint
-from ...layout import CACHE_KEY, read_head_weight
+from ...index import check_fingerprint
+from ...layout import CACHE_KEY, load_assets, read_head_weight
 
 try:
     from vllm.model_executor.layers.logits_processor import LogitsProcessor
@@ -73,7 +73,7 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
         prev = torch.get_default_dtype()
         torch.set_default_dtype(torch.float32)
         try:
-            self._index = ClusterIndex.load(assets)   # FlashHeadError naming the bad file
+            self._index = load_assets(self._model)   # FlashHeadError naming the bad file
             # the weights are not loaded yet: check the fingerprint against the file, so that
             # assets of another model stop the engine at start, not at the first request
             check_fingerprint(self._index.fingerprint, read_head_weight(self._model), assets)
