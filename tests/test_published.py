@@ -98,6 +98,8 @@ def test_upgrade_adds_the_record_and_keeps_the_clusters(smollm2_hf_dir, smollm2_
     index = load_assets(d)
     assert index.fingerprint is not None and index.config.stage1 == "cosine" and index.config.probes == 192
     assert index.config.exact_tokens                                 # the end tokens, now always exact
+    config = json.loads((d / "config.json").read_text())             # marked as our builds are
+    assert config["model_type"] == "flashhead_llama" and config["flash_head_cache_dir"] == "flash_head_assets"
     new = evaluate_hidden(FlashHead(smollm2_head, index), smollm2_head, H, T, [192])[0]
     # measured: TV 0.110 -> 0.103, ppl ratio 2.67 -> 2.21 (calibrated on docs' calibration documents,
     # evaluated on its eval documents; the crude one-pass clusters of the fixture, not a real build)

@@ -5,8 +5,9 @@
 The model runs once to calibrate (its own samples, or the user's text), the head weight is
 clustered with balanced k-means in the calibrated metric, and the result is written as
 `flash_head_assets/`. config.json gets
-`architectures: ["FlashHead<Arch>"]` and `flash_head_cache_dir`, so a stack without the plugin
-refuses the directory instead of silently running it dense.
+`architectures: ["FlashHead<Arch>"]`, `flash_head_cache_dir` and `model_type: "flashhead_<base>"`
+(layout.mark_config), so a stack without the plugin refuses the directory instead of silently
+running it dense.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from .config import FlashHeadConfig, FlashHeadError
 from .fit import TARGET_AGREEMENT, fit_index
 from .index import ASSETS_DIR
-from .layout import ARCH_PREFIX, CACHE_KEY, base_architecture, read_config, read_head_weight
+from .layout import CACHE_KEY, base_architecture, mark_config, read_config, read_head_weight
 from .sources import resolve
 
 # The default calibration: every domain of the suite and the extra languages (their calibration
@@ -87,16 +88,12 @@ def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: 
     `positions`, each text after text: "self" samples the model (hidden.sampled), a domain is
     teacher-forced on its calibration documents (corpus.py; never its eval documents), a list
     of texts (the user's files) likewise."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from . import hidden
     from .evaluate import suite_texts
+    from .integrations import hf
 
     sources = calibration_sources(calibration)
-    tok = AutoTokenizer.from_pretrained(src)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    if device:
-        model.to(device)
+    model, tok = hf.load(src, dense=True, device=device)   # a FlashHead source too: its dense head
     if model.get_output_embeddings().weight.shape != weight.shape:
         raise FlashHeadError(f"{src}: the loaded model's head does not match its safetensors head")
     if "chat" in sources and not getattr(tok, "chat_template", None):
@@ -201,8 +198,7 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     out.mkdir(parents=True, exist_ok=True)
     _copy_model_files(src, out)
     index.save(out)
-    model_config["architectures"] = [ARCH_PREFIX + arch]
-    model_config[CACHE_KEY] = ASSETS_DIR
+    model_config = mark_config(model_config, arch)
     (out / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
     return out
 
@@ -251,4 +247,11 @@ def upgrade(model_dir, calibration=None, positions: int = UPGRADE_POSITIONS, pro
     published = load_file(str(folder / TENSORS_FILE))
     index.save(model_dir, {k: published[k] for k in ("centroids", "cluster_assignments")},
                assets=folder.name)
+    # config.json marked as our builds mark it (plain transformers then refuses the directory
+    # instead of loading it dense), the published cache folder name kept
+    config = read_config(model_dir)
+    marked = {**mark_config(config, base_architecture(config)), CACHE_KEY: folder.name}
+    tmp = model_dir / ".config.json.tmp"
+    tmp.write_text(json.dumps(marked, indent=2) + "\n")
+    os.replace(tmp, model_dir / "config.json")
     return model_dir

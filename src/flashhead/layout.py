@@ -1,7 +1,10 @@
 """The FlashHead model directory: a normal model directory plus the assets and a marked config.
 
     config.json                      "architectures": ["FlashHead<Arch>"], "flash_head_cache_dir":
-                                     "flash_head_assets" (CACHE_KEY); model_type unchanged
+                                     "flash_head_assets" (CACHE_KEY), "model_type":
+                                     "flashhead_<base>" (TYPE_PREFIX; plain transformers refuses
+                                     it instead of loading the dense head), the base model_type
+                                     in "flash_head_base_model_type" (BASE_TYPE_KEY)
     *.safetensors                    the model's weights (the head read by read_head_weight)
     flash_head_assets/               the ClusterIndex (index.py; published checkpoints' layout too)
 
@@ -15,12 +18,30 @@ from pathlib import Path
 import torch
 
 from .config import FlashHeadError
-from .index import ClusterIndex
+from .index import ASSETS_DIR, ClusterIndex
 
 ARCH_PREFIX = "FlashHead"
 CACHE_KEY = "flash_head_cache_dir"
 # optional keys of published FlashHead checkpoints' config.json (read when there is no flashhead.json)
 PUBLISHED_PROBES, PUBLISHED_CLUSTERS = "n_probes", "n_clusters"
+TYPE_PREFIX = "flashhead_"
+BASE_TYPE_KEY = "flash_head_base_model_type"
+
+
+def base_model_type(config: dict) -> str | None:
+    """The base model_type of a (FlashHead) config.json: directories built before TYPE_PREFIX
+    kept the base's own model_type."""
+    mt = config.get("model_type")
+    return config.get(BASE_TYPE_KEY) or (mt.removeprefix(TYPE_PREFIX) if isinstance(mt, str) else None)
+
+
+def mark_config(config: dict, arch: str) -> dict:
+    """config.json of a FlashHead directory built from a model with this config and architecture."""
+    base = base_model_type(config)
+    if not base:
+        raise FlashHeadError("config.json names no model_type")
+    return {**config, "architectures": [ARCH_PREFIX + arch], "model_type": TYPE_PREFIX + base,
+            BASE_TYPE_KEY: base, CACHE_KEY: ASSETS_DIR}
 
 
 def base_architecture(config: dict) -> str:

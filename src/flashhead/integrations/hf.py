@@ -3,7 +3,10 @@
     model, tok = flashhead.integrations.hf.load("models/gemma-3-270m-flashhead")
     model.generate(**tok("The capital of France is", return_tensors="pt"), max_new_tokens=20)
 
-or, on a model you loaded yourself:
+Importing this module registers the FlashHead model types with transformers' Auto API
+(hf_auto.py): `AutoModelForCausalLM.from_pretrained(dir)` and `pipeline("text-generation",
+model=dir)` then load a FlashHead directory with its FlashHead, and `save_pretrained` writes one.
+Or, on a model you loaded yourself:
 
     flashhead.integrations.hf.apply(model, ClusterIndex.load(dir / "flash_head_assets"))
 
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..layout import load_assets, read_config
+from ..layout import CACHE_KEY, base_model_type, load_assets, read_config
 from ..config import FlashHeadError
 from ..dense_rule import DenseRule
 from ..head import FlashHead
@@ -41,9 +44,23 @@ class FlashHeadLMHead(torch.nn.Module):
             raise FlashHeadError("FlashHead does not support an output head with a bias")
         self.weight = linear.weight  # the same Parameter: state_dict keys and tying are unchanged
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.flashhead = FlashHead(self.weight.detach(), index, probes)  # detach(): shares storage
-        self.flashhead.rule = DenseRule.measured(CROSSOVER, self.weight)
+        self._index, self._probes = index, probes
+        self._build()
         self.use_flashhead = True
+
+    def _build(self) -> None:
+        self.flashhead = FlashHead(self.weight.detach(), self._index, self._probes)  # detach(): shares storage
+        self.flashhead.rule = DenseRule.measured(CROSSOVER, self.weight)
+
+    def _apply(self, fn, *args, **kwargs):
+        """`model.to(device or dtype)` moves the weight: rebuild FlashHead over the moved tensor."""
+        out = super()._apply(fn, *args, **kwargs)
+        fh = self.flashhead.weight
+        if fh.data_ptr() != self.weight.data_ptr() or fh.dtype != self.weight.dtype:
+            probes = self.flashhead.probes
+            self._build()
+            self.flashhead.probes = probes
+        return out
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.use_flashhead:
@@ -74,18 +91,29 @@ def load(model_dir, dense: bool = False, probes: int | None = None, dtype=torch.
          device: str | None = None):
     """Load a FlashHead model directory in transformers -> (model, tokenizer).
 
-    `dense=True` loads the same model with its dense head (an explicit choice, for comparison).
+    `dense=True` loads the same model with its dense head (an explicit choice, for comparison;
+    on a plain model directory too).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
-    read_config(model_dir)                                        # a clear error if not a model dir
-    index = None if dense else load_assets(model_dir)             # fail fast, before the model load
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    config = read_config(model_dir)                               # a clear error if not a model dir
+    if dense and CACHE_KEY not in config:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    else:
+        if not dense:
+            load_assets(model_dir)                                # fail fast, before the model load
+        flash, base = hf_auto.classes(base_model_type(config) or "")
+        # the FlashHead config class, also for directories built before the flashhead_ model types
+        cfg_dict, _ = flash.config_class.get_config_dict(model_dir)
+        cfg = flash.config_class.from_dict({**cfg_dict, "model_type": flash.config_class.model_type})
+        kw = {} if dense else {hf_auto.PROBES_KEY: probes}
+        model = (base if dense else flash).from_pretrained(model_dir, config=cfg, dtype=dtype, **kw)
     if device:
         model.to(device)
     model.eval()
-    if index is not None:
-        apply(model, index, probes)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return model, tokenizer
+
+
+from . import hf_auto  # noqa: E402  (registers the FlashHead model types with the Auto API)

@@ -32,3 +32,9 @@ def register_architectures() -> None:
 
     for arch in BASES:
         ModelRegistry.register_model(arch, f"{__name__}:{arch}")
+
+
+def register_model_types() -> None:
+    """transformers' AutoConfig must map `flashhead_<base>` before vLLM reads config.json: the
+    FlashHead config classes of the transformers integration (subclasses of the base configs)."""
+    from .. import hf_auto  # noqa: F401  (registers at import)
