@@ -26,3 +26,10 @@ def test_entry_point_and_register_twice():
     for arch in ("FlashHeadLlamaForCausalLM", "FlashHeadQwen3ForCausalLM", "FlashHeadGemma3ForCausalLM"):
         assert arch in ModelRegistry.get_supported_archs()
     assert op_registry_oot["LogitsProcessor"].__name__ == "FlashHeadLogitsProcessor"
+    # the FlashHead model types keep their base's float16 refusal (Gemma3: numerical instability)
+    import torch
+    from vllm.config.model import _check_valid_dtype
+
+    with pytest.raises(ValueError, match="flashhead_gemma3_text"):
+        _check_valid_dtype("flashhead_gemma3_text", torch.float16)
+    _check_valid_dtype("flashhead_llama", torch.float16)

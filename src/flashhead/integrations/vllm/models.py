@@ -37,4 +37,15 @@ def register_architectures() -> None:
 def register_model_types() -> None:
     """transformers' AutoConfig must map `flashhead_<base>` before vLLM reads config.json: the
     FlashHead config classes of the transformers integration (subclasses of the base configs)."""
-    from .. import hf_auto  # noqa: F401  (registers at import)
+    from .. import hf_auto
+    from ...layout import TYPE_PREFIX
+
+    # vLLM refuses float16 for some base types (numerical instability: Gemma3), keyed by model_type:
+    # the same refusal for their FlashHead types
+    try:
+        from vllm.config.model import _FLOAT16_NOT_SUPPORTED_MODELS as refused
+    except ImportError:
+        return
+    for base in hf_auto.EAGER:
+        if base in refused:
+            refused.setdefault(TYPE_PREFIX + base, refused[base])
