@@ -38,6 +38,24 @@ def test_probed_logits_are_exact_and_greedy_is_their_argmax():
     assert torch.equal(head.greedy(h), tok.gather(1, best).squeeze(1))
 
 
+def test_score_makes_the_target_exact_and_greedy_is_flashheads():
+    """Teacher-forced scoring: the known target's logit is exact, the normaliser is FlashHead's
+    logits with that token exact; the greedy token is FlashHead's own (chunking changes nothing)."""
+    w, head = _head(probes=3)
+    h = torch.randn(40, 48) * 2
+    targets = torch.randint(0, 2000, (40,))
+    logp, greedy = head.score(h, targets, chunk=16)
+    exact = (h @ w.T).gather(1, targets[:, None])
+    logits = head(h).scatter(1, targets[:, None], exact)
+    torch.testing.assert_close(logp, (exact - logits.logsumexp(1, keepdim=True)).squeeze(1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(greedy, head.greedy(h))
+    head.probes = head.num_clusters                   # every cluster probed: the dense log-softmax
+    logp, greedy = head.score(h, targets)
+    dense = (h @ w.T).log_softmax(1)
+    torch.testing.assert_close(logp, dense.gather(1, targets[:, None]).squeeze(1), rtol=1e-5, atol=1e-4)
+    assert torch.equal(greedy, dense.argmax(1))
+
+
 def test_every_token_reachable_at_positive_temperature():
     w, head = _head(probes=2)
     p = torch.softmax(head(torch.randn(4, 48)), dim=-1)

@@ -21,7 +21,7 @@ from .dense_rule import DenseRule
 from .index import ClusterIndex
 from .kernels import Kernel, cpu, torch_ref, triton_path
 from .kernels.graphs import GraphCache
-from .kernels.step import Step
+from .kernels.step import Step, pick
 from .q8rows import dense_logits, gather_rows
 from .quant import Stage1
 
@@ -186,6 +186,26 @@ class FlashHead(torch.nn.Module):
         if self.route(h.shape[0]):
             return dense_logits(self.weight, h).float().view(*lead, self.vocab)
         return self.flash_logits(h).view(*lead, self.vocab)
+
+    def score(self, h: torch.Tensor, targets: torch.Tensor, chunk: int = 512):
+        """Teacher-forced scoring by FlashHead (whatever the dense rule): h [N, d] and the known next
+        tokens `targets` [N] -> (their log-probabilities [N] fp32, FlashHead's greedy tokens [N]).
+
+        A known target joins stage 2: its logit is exact (h . w_target), and the normaliser is the
+        logsumexp of FlashHead's logits with that token exact (probed tokens exact, estimates
+        elsewhere). The greedy token is the one FlashHead itself would pick (pick over the probed
+        tokens), even where an unprobed target's exact logit is higher. In chunks of `chunk` rows:
+        one [chunk, V] fp32 tensor at a time."""
+        h, targets = self._flat(h), targets.reshape(-1)
+        logp, greedy = [], []
+        for s in range(0, h.shape[0], chunk):
+            hs, ts = h[s:s + chunk], targets[s:s + chunk]
+            scores, tok, z = self.probe(hs)
+            logits = self.fill_logits(hs, scores, tok, z)
+            exact = (hs.float() * gather_rows(self.weight, ts).float()).sum(1, keepdim=True)
+            logp.append((exact - logits.scatter_(1, ts[:, None], exact).logsumexp(1, keepdim=True)).squeeze(1))
+            greedy.append(pick(tok, z))
+        return torch.cat(logp), torch.cat(greedy)
 
     def flash_greedy(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> token ids [N] by FlashHead, whatever the dense rule (an integration that

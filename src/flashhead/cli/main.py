@@ -1,6 +1,6 @@
 """Entry point of the `flashhead` console script.
 
-Each subcommand lives in `flashhead/cli/<name>.py` and defines:
+Each subcommand lives in `flashhead/cli/<name, dashes dropped>.py` and defines:
     HELP: str                        one-line description
     add_arguments(parser) -> None    its flags (with an epilog showing a real session)
     run(args) -> int | None          the work; raise FlashHeadError for user errors
@@ -12,7 +12,9 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["build", "upgrade", "generate", "demo", "eval", "bench"]
+SUBCOMMANDS = ["build", "upgrade", "generate", "demo", "eval", "bench", "lm-eval"]
+# Handing every argument on to another tool's CLI (argparse's REMAINDER cannot start with a flag).
+PASSTHROUGH = {"lm-eval"}
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -22,8 +24,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
     for name in SUBCOMMANDS:
-        mod = importlib.import_module(f"flashhead.cli.{name}")
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
+        mod = importlib.import_module(f"flashhead.cli.{name.replace('-', '')}")
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, add_help=name not in PASSTHROUGH,
                            epilog=getattr(mod, "EPILOG", None),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
@@ -45,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..config import FlashHeadError
 
     parser, modules = _parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASSTHROUGH:
+        args = argparse.Namespace(command=argv[0], args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     _quiet_frameworks()
     mod, sub_parser = modules[args.command]
     try:
