@@ -237,9 +237,9 @@ def upgrade(model_dir, calibration=None, positions: int = UPGRADE_POSITIONS, pro
                                                   device, progress))
     index.config = dataclasses.replace(index.config, exact_tokens=end_tokens(model_dir))
     index.fingerprint = fingerprint(weight)
-    agreement = float((dense_top1_rank(FlashHead(weight, index), held, weight) < index.config.probes)
-                      .float().mean())
-    index.offsets = fit_offsets(FlashHead(weight, index), weight, fit, progress=progress)
+    head = FlashHead(weight, index)          # one head: a cosine index's member means computed once
+    agreement = float((dense_top1_rank(head, held, weight) < index.config.probes).float().mean())
+    index.offsets = fit_offsets(head, weight, fit, progress=progress)
     index.build = {"layout": "published, upgraded by flashhead", "source": str(model_dir),
                    "calibration": {"text": describe(sources), "positions": fit.shape[0],
                                    "held_out_positions": held.shape[0], "held_out_agreement": agreement},
