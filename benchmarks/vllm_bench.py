@@ -72,27 +72,29 @@ def main():
     base = resolve(a.model)
     fh = Path(a.dir) if a.dir else build(base, Path(tempfile.mkdtemp()) / "fh", progress=False)
     common = {"dtype": a.dtype}
+    # (name, directory, engine arguments, TP size, the row whose tokens this one is compared with)
     if a.spec == "ngram":
-        engines = [(f"{n}{s}", d, {**common, **({"speculative_config": NGRAM} if s else {})}, 1)
-                   for n, d in [("dense", base), ("FlashHead", fh)] for s in ["", " + n-gram"]]
+        engines = [(f"{n}{s}", d, {**common, **({"speculative_config": NGRAM} if s else {})}, 1, 2 * i)
+                   for i, (n, d) in enumerate([("dense", base), ("FlashHead", fh)]) for s in ["", " + n-gram"]]
     elif a.spec == "draft":
         draft = lambda d: {"speculative_config": {"method": "draft_model", "model": str(d),  # noqa: E731
                                                   "num_speculative_tokens": 3}}
-        engines = [("dense target", base, common, 1),
-                   ("dense target + dense draft", base, {**common, **draft(base)}, 1),
-                   ("dense target + FlashHead draft", base, {**common, **draft(fh)}, 1)]
-    else:
-        engines = [(f"{n}, TP {tp}", d, common, tp) for tp in a.tp for n, d in [("dense", base), ("FlashHead", fh)]]
-    results = [(name, *run(d, a.batch, a.tokens, a.repeats, extra, tp)) for name, d, extra, tp in engines]
-    ref_rates, ref_texts = results[0][1], results[0][2]
+        engines = [("dense target", base, common, 1, 0),
+                   ("dense target + dense draft", base, {**common, **draft(base)}, 1, 0),
+                   ("dense target + FlashHead draft", base, {**common, **draft(fh)}, 1, 0)]
+    else:   # FlashHead at TP n is compared with FlashHead at the first TP size
+        engines = [(f"{n}, TP {tp}", d, common, tp, j) for tp in a.tp
+                   for j, (n, d) in enumerate([("dense", base), ("FlashHead", fh)])]
+    results = [(name, *run(d, a.batch, a.tokens, a.repeats, extra, tp), ref)
+               for name, d, extra, tp, ref in engines]
     print(f"\n{a.model}, dtype {a.dtype}, {a.tokens} greedy tokens per prompt, best of {a.repeats}\n")
-    print("| engine | batch | tok/s | vs first row | same tokens as first row | draft acceptance |")
+    print("| engine | batch | tok/s | vs first row | same tokens as row | draft acceptance |")
     print("|---|---:|---:|---:|---|---:|")
-    for name, rates, texts, acc in results:
+    for name, rates, texts, acc, ref in results:
         for b in a.batch:
-            same = sum(x == y for x, y in zip(texts[b], ref_texts[b]))
-            print(f"| {name} | {b} | {rates[b]:.1f} | {rates[b] / ref_rates[b]:.2f}x | {same}/{b} | "
-                  f"{'-' if acc is None else f'{acc:.0%}'} |")
+            same = sum(x == y for x, y in zip(texts[b], results[ref][2][b]))
+            print(f"| {name} | {b} | {rates[b]:.1f} | {rates[b] / results[0][1][b]:.2f}x | "
+                  f"{same}/{b} (row {results[ref][0]!r}) | {'-' if acc is None else f'{acc:.0%}'} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Serving under load: `vllm serve` (OpenAI API, loopback) with a mix of concurrent requests.
 
-    python benchmarks/vllm_load.py [--model smollm2-135m] [--dir DIR] [--requests 64]
+    python benchmarks/vllm_load.py [--model smollm2-135m] [--dir DIR] [--requests 64] [--tp 2]
 
 For the dense base model, FlashHead with the dense rule off (FlashHead on every step) and FlashHead
 with the default rule: starts the server, sends --requests requests at once, checks every answer
@@ -181,6 +181,7 @@ def main():
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--dir", help="an existing FlashHead directory (default: build one in a temp dir)")
     p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--tp", type=int, default=1, help="tensor parallel size (CPU: one core per rank)")
     a = p.parse_args()
     from flashhead.build import build
     from flashhead.sources import resolve
@@ -188,13 +189,17 @@ def main():
     base = resolve(a.model)
     fh = Path(a.dir) if a.dir else build(base, Path(tempfile.mkdtemp()) / "fh", progress=False)
     ids = long_prompt_ids(base)
+    tp_args, tp_env = [], {}
+    if a.tp > 1:
+        tp_args = ["--tensor-parallel-size", str(a.tp)]
+        tp_env = {"VLLM_CPU_OMP_THREADS_BIND": "|".join(str(i) for i in range(a.tp))}
     rows = []
     for name, model_dir, env in [("dense", base, {}), ("FlashHead, rule off", fh, {"FLASHHEAD_DENSE_RULE": "0"}),
                                  ("FlashHead, default rule", fh, {})]:
         with tempfile.TemporaryDirectory() as tmp:
             log_path = Path(tmp) / "serve.log"
             with open(log_path, "w") as log:
-                proc, port = serve(model_dir, log, env)
+                proc, port = serve(model_dir, log, {**env, **tp_env}, tp_args)
                 try:
                     assert wait_ready(proc, port), log_path.read_text()[-3000:]
                     one(port, str(model_dir), 0, ids)                  # warm up
@@ -202,7 +207,7 @@ def main():
                 finally:
                     stop(proc)
             rows.append((name, s, steps(log_path.read_text())))
-    print(f"\n{a.model}, {a.requests} concurrent requests (mix: {', '.join(KINDS)})\n")
+    print(f"\n{a.model}, TP {a.tp}, {a.requests} concurrent requests (mix: {', '.join(KINDS)})\n")
     print("| server | p50 latency (s) | p95 latency (s) | completion tokens/s | FlashHead / dense steps |")
     print("|---|---:|---:|---:|---|")
     for name, s, st in rows:

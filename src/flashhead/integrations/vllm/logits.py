@@ -165,7 +165,9 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
         return None if logits is None else logits[..., : self.org_vocab_size]
 
     def get_top_tokens(self, lm_head, hidden_states, embedding_bias=None):
-        if self._index is None or self.scale <= 0.0 or self.soft_cap is not None:
+        # a positive scale and the soft cap (tanh) keep the order of the logits, so FlashHead's
+        # greedy token is the capped model's too; vLLM refuses a non-positive scale here itself
+        if self._index is None or self.scale <= 0.0:
             return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
         head = self._route(lm_head, hidden_states, embedding_bias)
         if head is None:
