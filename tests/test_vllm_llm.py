@@ -143,8 +143,8 @@ def test_ngram_speculation_keeps_the_greedy_text(smollm2_flashhead_dir, flashhea
 def test_flashhead_drafter_for_the_dense_target(smollm2_hf_dir, smollm2_flashhead_dir, dense_tokens, capfd):
     """FlashHead as the draft model's head (the FR-Spec / VocabTrim use): SmolLM2 drafts for itself
     through FlashHead (greedy drafts through get_top_tokens), the dense target verifies, so the text
-    is the dense model's. Measured: 95 of 102 draft tokens accepted (8 prompts x 16 tokens: see
-    docs/VLLM.md for the benchmark)."""
+    is the dense model's. Acceptance (99% of drafts, 64-token stories): docs/VLLM.md, measured by
+    benchmarks/vllm_bench.py --spec draft."""
     spec = {"method": "draft_model", "model": str(smollm2_flashhead_dir), "num_speculative_tokens": 3}
     llm, out = _greedy(smollm2_hf_dir, speculative_config=spec)
     _close(llm)
