@@ -45,7 +45,12 @@ def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, *
     from flashhead.fit import TARGET_AGREEMENT
 
     kw.setdefault("target_agreement", TARGET_AGREEMENT)
-    tag = "-".join(sorted(sources)) + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
+    from flashhead.calibrate import USAGE_LOGITS
+
+    # the recipe in the tag: a cached index of an older recipe (8 rounds, usage on every position)
+    # is not reused for the current one
+    tag = ("-".join(sorted(sources)) + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
+           + f"-r{FlashHeadConfig().iterations}-u{USAGE_LOGITS}")
     path = cache_root() / "suite" / "indices" / model / tag
     if (path / "flash_head_assets").is_dir():
         return ClusterIndex.load(path / "flash_head_assets"), held

@@ -22,7 +22,9 @@ from pathlib import Path
 NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 
 
-def run(model_dir, batches, tokens, repeats, extra, tp=1):
+def run(model_dir, batches, tokens, repeats, extra, tp=1, rpc=None):
+    """-> (tokens/s per batch, token ids per batch, draft acceptance or None, `rpc` run in every
+    worker via LLM.collective_rpc after the timed runs, or None)."""
     from vllm import LLM, SamplingParams
 
     bind = os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
@@ -49,10 +51,11 @@ def run(model_dir, batches, tokens, repeats, extra, tp=1):
     metrics = {m.name: getattr(m, "value", None) for m in llm.get_metrics()}
     drafted = metrics.get("vllm:spec_decode_num_draft_tokens")
     accepted = metrics.get("vllm:spec_decode_num_accepted_tokens")
+    answers = llm.collective_rpc(rpc) if rpc is not None else None
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
-    return rates, texts, (accepted / drafted if drafted else None)
+    return rates, texts, (accepted / drafted if drafted else None), answers
 
 
 def main():
@@ -85,7 +88,7 @@ def main():
     else:   # FlashHead at TP n is compared with FlashHead at the first TP size
         engines = [(f"{n}, TP {tp}", d, common, tp, j) for tp in a.tp
                    for j, (n, d) in enumerate([("dense", base), ("FlashHead", fh)])]
-    results = [(name, *run(d, a.batch, a.tokens, a.repeats, extra, tp), ref)
+    results = [(name, *run(d, a.batch, a.tokens, a.repeats, extra, tp)[:3], ref)
                for name, d, extra, tp, ref in engines]
     print(f"\n{a.model}, dtype {a.dtype}, {a.tokens} greedy tokens per prompt, best of {a.repeats}\n")
     print("| engine | batch | tok/s | vs first row | same tokens as row | draft acceptance |")

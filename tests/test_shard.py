@@ -32,10 +32,12 @@ def _shards(w, index, cuts, kernel, means=None):
             for a, b in zip(cuts, cuts[1:])]
 
 
-@pytest.mark.parametrize("kernel", ["torch", "cpu"])
+@pytest.mark.parametrize("kernel,dtype", [("torch", torch.float32), ("cpu", torch.float32),
+                                          ("cpu", torch.bfloat16)])   # bf16: the native stage 2
 @pytest.mark.parametrize("cuts", [[0, 2000, V], [0, 300, 3100, V]])
-def test_shards_assemble_the_whole_heads_logits(kernel, cuts):
+def test_shards_assemble_the_whole_heads_logits(kernel, dtype, cuts):
     w, index = _index()
+    w = w.to(dtype)
     whole = FlashHead(w, index, kernel=kernel)
     shards = _shards(w, index, cuts, kernel)
     # a probed cluster often has no token at all on a shard: the trash slots carry it

@@ -83,11 +83,11 @@ def describe(sources: list) -> str:
 
 
 def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: int, seed: int,
-                       device: str | None, progress: bool) -> list[torch.Tensor]:
+                       device: str | None, progress: bool) -> tuple[list[torch.Tensor], object]:
     """Hidden states to calibrate on: [N_i, d] per source (calibration_sources), equal shares of
     `positions`, each text after text: "self" samples the model (hidden.sampled), a domain is
     teacher-forced on its calibration documents (corpus.py; never its eval documents), a list
-    of texts (the user's files) likewise."""
+    of texts (the user's files) likewise. Returns them and the model's tokenizer."""
     from . import hidden
     from .evaluate import suite_texts
     from .integrations import hf
@@ -113,17 +113,15 @@ def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: 
         out.append(h)
     if sum(h.shape[0] for h in out) < 64:
         raise FlashHeadError(f"calibration text gave {sum(h.shape[0] for h in out)} positions; give at least 64")
-    return out
+    return out, tok
 
 
-def end_tokens(src: Path) -> list[int]:
+def end_tokens(src: Path, tokenizer) -> list[int]:
     """The tokens that end or frame a turn for this model: its EOS ids (config, generation config,
     tokenizer) and its chat template's control tokens (chat.control_token_ids)."""
-    from transformers import AutoTokenizer
-
     from .chat import control_token_ids
 
-    ids = set(control_token_ids(AutoTokenizer.from_pretrained(src)))
+    ids = set(control_token_ids(tokenizer))
     for name in ("config.json", "generation_config.json"):
         path = Path(src) / name
         eos = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
@@ -175,10 +173,10 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
                              else f"probes must be a positive integer, got {probes}")
     t0 = time.perf_counter()
 
-    hs = calibration_hidden(src, weight, sources, positions, config.seed, device, progress)
+    hs, tok = calibration_hidden(src, weight, sources, positions, config.seed, device, progress)
     t_cal = time.perf_counter()
     if not config.exact_tokens:   # a reply ends where the dense head ends it (config.exact_tokens)
-        config = dataclasses.replace(config, exact_tokens=end_tokens(src))
+        config = dataclasses.replace(config, exact_tokens=end_tokens(src, tok))
     fit, held = split_held_out(hs)
     index = fit_index(weight, fit, config, device, progress, held_out=held,
                       target_agreement=target_agreement, probes=probes)
@@ -233,9 +231,9 @@ def upgrade(model_dir, calibration=None, positions: int = UPGRADE_POSITIONS, pro
         raise FlashHeadError(f"{folder}: clusters cover {index.vocab} tokens, the head has {weight.shape[0]}")
     sources = calibration_sources(DEFAULT_CALIBRATION if calibration is None else calibration)
     t0 = time.perf_counter()
-    fit, held = split_held_out(calibration_hidden(model_dir, weight, sources, positions, index.config.seed,
-                                                  device, progress))
-    index.config = dataclasses.replace(index.config, exact_tokens=end_tokens(model_dir))
+    hs, tok = calibration_hidden(model_dir, weight, sources, positions, index.config.seed, device, progress)
+    fit, held = split_held_out(hs)
+    index.config = dataclasses.replace(index.config, exact_tokens=end_tokens(model_dir, tok))
     index.fingerprint = fingerprint(weight)
     head = FlashHead(weight, index)          # one head: a cosine index's member means computed once
     agreement = float((dense_top1_rank(head, held, weight) < index.config.probes).float().mean())

@@ -249,12 +249,13 @@ def balanced_kmeans(weight: torch.Tensor, cluster_size: int = 16, iterations: in
         assign[rows] = sub + first
         bar.update(1)
 
+    # the objective before and after refinement only: each evaluation costs a quarter of a round
     history = [objective(x, assign, k, metric, tw)]
     for _ in range(iterations):
         assign = _refine(x, assign, cap, cluster_size, metric, tw)
-        history.append(objective(x, assign, k, metric, tw))
         bar.update(1)
-        bar.set_postfix(objective=f"{history[-1]:.4f}")
+    history.append(objective(x, assign, k, metric, tw))
+    bar.set_postfix(objective=f"{history[-1]:.4f}")
     bar.close()
 
     rw = torch.ones(v, device=device) if tw is None else tw

@@ -71,8 +71,7 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
             logits = (h @ weight.T).float()                               # [B, V] dense
             if softcap:
                 logits = softcap * torch.tanh(logits / softcap)
-            probs = torch.softmax(logits.cpu() / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)   # [B]
+            nxt = _draw(torch.softmax(logits.cpu() / temperature, dim=-1), gen)   # [B]
             hs.append(h.float().cpu()[alive])
             ts.append(nxt[alive])
             seq.append(first + torch.nonzero(alive).squeeze(1))
@@ -86,6 +85,15 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
     bar.close()
     order = torch.argsort(torch.cat(seq), stable=True)[:positions]       # sequence-major
     return torch.cat(hs)[order], torch.cat(ts)[order]
+
+
+def _draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token per row of probs [B, V] by inverting the row's cumulative distribution (float64)
+    at a uniform draw. (torch.multinomial: 0.55 s per [64, 262,144] call on the 2-core host, 17.5 s
+    of a Gemma-3-270M build; this: 0.05 s.)"""
+    cdf = probs.double().cumsum_(1)
+    u = torch.rand(probs.shape[0], 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max_(probs.shape[1] - 1)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

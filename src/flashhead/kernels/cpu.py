@@ -16,8 +16,11 @@ llama.cpp's own products (h quantized to Q8_0 blocks), the greedy token.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from ..config import FlashHeadError
 from ..q8rows import Q8Rows
 from . import native
 from .step import pick
@@ -71,6 +74,8 @@ def _probe(step, h: torch.Tensor):
     utok = step.block_ids[union].flatten()                               # [U*cs]
     if isinstance(step.weight, Q8Rows):      # GGUF Q8_0 rows, read in place by the native kernel
         return (scores, *_q8_stage2(step, h, top, used, union, utok))
+    if step.weight.dtype == torch.bfloat16 and _native_bf16():
+        return (scores, *_bf16_stage2(step, h, top, used, union, utok))
     urow = step.block_rows[union].flatten()  # = utok, except on a vocabulary shard (shard.py)
     per = max(1, CHUNK_ROWS // cs)                                       # clusters per chunk
     chunks = -(-union.numel() // per)
@@ -94,6 +99,38 @@ def _probe(step, h: torch.Tensor):
     mine = z.view(chunks, n, per, cs)[slot // per, torch.arange(n).unsqueeze(1), slot % per]
     mine = step.masked(mine.flatten(1), top)
     return (scores, *step.with_exact(h, step.block_ids[top].flatten(1), mine))  # [N, P*cs(+F)]
+
+
+def _native_bf16() -> bool:
+    """Whether the native bf16 stage 2 (bf16_rows.c) is here: compiled on first use; without a C
+    compiler the step copies the rows to fp32 instead (same logits, slower), said once."""
+    global _BF16_NATIVE
+    if _BF16_NATIVE is None:
+        try:
+            native.library()
+            _BF16_NATIVE = True
+        except FlashHeadError as e:
+            logging.getLogger("flashhead").warning("bf16 head rows: %s; stage 2 copies the rows to fp32", e)
+            _BF16_NATIVE = False
+    return _BF16_NATIVE
+
+
+_BF16_NATIVE = None
+
+
+def _bf16_stage2(step, h, top, used, union, utok):
+    """Stage 2 on bf16 rows (the head of a model served in bf16): the union's rows read in place,
+    widened to fp32 inside the product (bf16_rows.c), so the logits are fp32 products as in TORCH.
+    Measured (2-core AVX2 host, one step, batch 1): SmolLM2 287 probes 1.79 -> see docs/KERNELS.md."""
+    n, cs = h.shape[0], step.cluster_size
+    urow = step.block_rows[union].flatten()
+    z = native.bf16_dot(step.weight, urow, h, torch.get_num_threads(),
+                        out=step.buffer("bf16_z", (n, urow.numel()), torch.float32))
+    if n == 1:
+        return step.with_exact(h, utok.unsqueeze(0), step.masked(z, union))
+    slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
+    mine = z.view(n, -1, cs)[torch.arange(n).unsqueeze(1), slot]         # [N, P, cs]
+    return step.with_exact(h, step.block_ids[top].flatten(1), step.masked(mine.flatten(1), top))
 
 
 def _q8_stage2(step, h, top, used, union, utok):

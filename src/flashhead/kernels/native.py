@@ -1,7 +1,8 @@
-"""The native helpers in q8_0.c: compiled once per machine with the system C compiler, loaded by ctypes.
+"""The native helpers in q8_0.c (GGUF Q8_0 rows, int8 stage 1) and bf16_rows.c (stage 2 on bf16
+rows): compiled once per machine with the system C compiler into one library, loaded by ctypes.
 
 Compiled on first use (about a second) into the cache (`$FLASHHEAD_CACHE/native/`, keyed by the
-source's hash and the machine), with `-O3 -march=native -fopenmp`, so the int8 loops use the CPU's
+sources' hash and the machine), with `-O3 -march=native -fopenmp`, so the loops use the CPU's
 vector units. No compiler is one clear error naming what to install; nothing falls back silently.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ..config import FlashHeadError
 
-SOURCE = Path(__file__).with_name("q8_0.c")
+SOURCES = [Path(__file__).with_name(n) for n in ("q8_0.c", "bf16_rows.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-lm"]
 _lib = None
 
@@ -26,28 +27,30 @@ def _compiler() -> str:
     for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if cc and shutil.which(cc):
             return cc
-    raise FlashHeadError("the GGUF Q8_0 head kernel needs a C compiler (install gcc, or set CC)")
+    raise FlashHeadError("flashhead's native CPU kernels (GGUF Q8_0 rows, bf16 rows) need a C compiler "
+                         "(install gcc, or set CC)")
 
 
 def library() -> ctypes.CDLL:
-    """The compiled q8_0.c (built once, then loaded from the cache)."""
+    """The compiled sources (built once, then loaded from the cache)."""
     global _lib
     if _lib is not None:
         return _lib
     from ..cache import cache_root
 
     cc = _compiler()
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS, platform.machine(),
+    key = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + " ".join([cc, *FLAGS, platform.machine(),
                                                          platform.node()]).encode()).hexdigest()[:16]
-    path = cache_root() / "native" / f"q8_0-{key}.so"
+    path = cache_root() / "native" / f"flashhead-{key}.so"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
         os.close(fd)
-        res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        res = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
         if res.returncode != 0:
             os.unlink(tmp)
-            raise FlashHeadError(f"compiling {SOURCE.name} failed ({cc}): {res.stderr.strip()[-500:]}")
+            raise FlashHeadError(f"compiling {', '.join(s.name for s in SOURCES)} failed ({cc}): "
+                                 f"{res.stderr.strip()[-500:]}")
         os.replace(tmp, path)   # atomic: concurrent first uses do not see a half-written file
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -60,6 +63,8 @@ def library() -> ctypes.CDLL:
     lib.fh_q8_step.argtypes = [ptr, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr, i64, i64,
                                ptr, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr, ptr, ptr]
     lib.fh_q8_step.restype = None
+    lib.fh_bf16_dot.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int32]
+    lib.fh_bf16_dot.restype = None
     _lib = lib
     return lib
 
@@ -74,3 +79,16 @@ def i8_scores(q, scale, h, threads: int):
     library().fh_i8_scores(q.data_ptr(), scale.data_ptr(), q.shape[0], h.data_ptr(), h.shape[0],
                            h.shape[1], out.data_ptr(), threads)
     return out
+
+
+def bf16_dot(weight, ids, h, threads: int, out=None):
+    """Exact logits z [N, R] fp32 of the bf16 rows `weight[ids]` (weight [V, d] bf16, unit stride
+    along d; ids [R] int64) against h [N, d]: fp32 products of the rows as stored (bf16_rows.c)."""
+    import torch
+
+    h = h.float().contiguous()
+    ids = ids.contiguous()
+    z = torch.empty(h.shape[0], ids.numel()) if out is None else out
+    library().fh_bf16_dot(weight.data_ptr(), weight.stride(0), ids.data_ptr(), ids.numel(), h.data_ptr(),
+                          h.shape[0], h.shape[1], z.data_ptr(), threads)
+    return z
