@@ -75,11 +75,21 @@ def vllm_rows(model: str, model_dir: str, base: str, tokens: int, probes: int) -
             "head_dense_ms": head["dense"], "head_flashhead_ms": head["flashhead"]}
 
 
+def machine() -> str:
+    import torch
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                platform.machine())
+    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
+    return f"{name}, {isa}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
 def finish(row: dict) -> dict:
     sd, sf, hd, hf = row["step_dense_ms"], row["step_flashhead_ms"], row["head_dense_ms"], row["head_flashhead_ms"]
     allowed = sd / (sd - hd + hf)
     measured = sd / sf
-    return {**row, "share": hd / sd, "head_speedup": hd / hf, "allowed": allowed, "measured": measured,
+    return {**row, "machine": machine(), "share": hd / sd, "head_speedup": hd / hf, "allowed": allowed, "measured": measured,
             "efficiency": measured / allowed}
 
 
@@ -118,8 +128,7 @@ def main():
                 row = vllm_rows(model, model_dir, str(resolve(model)), a.tokens, load_assets(model_dir).config.probes)
             rows.append(finish(row))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print(f"\nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}\n")
+    print(f"\nMachine: {machine()}\n")
     print(table(rows))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))

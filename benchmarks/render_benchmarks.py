@@ -5,6 +5,7 @@
 (scripts/benchmarks.sh runs the measurements, then this.)
 """
 import json, sys
+from pathlib import Path
 models = sys.argv[1:]
 first = json.load(open(f"docs/bench/bench-{models[0]}.json"))["machine"]
 print("# Benchmarks\n")
@@ -95,6 +96,24 @@ if ll:
                   f"{r['speedup']:.2f}x | {r['dense_step_ms']:.2f} | {r['flashhead_body_ms']:.2f} | "
                   f"{r['flashhead_head_ms']:.2f} | {r['bound']:.2f}x | {r['identical_prefix_tokens']} of {r['new_tokens']} |")
         print()
+amdahl = Path("docs/bench/amdahl.json")
+if amdahl.is_file():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from amdahl import table as amdahl_table
+
+    print("## Amdahl: the head's share of a decode step, batch 1\n")
+    print("`python benchmarks/amdahl.py --dir smollm2-135m=DIR1 gemma-3-270m=DIR2 --json docs/bench/amdahl.json` "
+          "(default builds; vLLM with `FLASHHEAD_DENSE_RULE=0`, though batch 1 is FlashHead under the rule too). "
+          "step = decode time per token with the dense head (transformers `generate` / vLLM `LLM.generate`, 64 "
+          "greedy tokens); head = the dense head alone and FlashHead's full-vocabulary logits, cold cache "
+          "(transformers: `flashhead.bench.bench_head` on real hidden states; vLLM: timed inside the engine's "
+          "worker as vLLM calls it); share = head / step; allowed = the model speedup the head's speedup allows "
+          "if nothing else changes; efficiency = measured / allowed (asked: >= 90%). vLLM runs bf16, its CPU "
+          "default; on this AVX2 host torch's bf16 products are slow, so the body dominates vLLM's step.\n")
+    rows = json.loads(amdahl.read_text())
+    print(f"Machine: {rows[0]['machine']}.\n")
+    print(amdahl_table(rows))
+    print()
 print("## GPU (eager calls; kernel-level numbers in docs/KERNELS.md)\n")
 print("Head-level only, on the GPU machine, random weights and random hidden states (timing does not depend "
       "on the values; fidelity numbers of a random head would mean nothing), clustered on the GPU. Not "

@@ -22,5 +22,8 @@ for m in $MODELS; do
   flashhead bench "$dir" --backend llamacpp --gguf "$m" --batch 1,4 --new-tokens 64 --decode-repeats 5 \
     --json > "$RAW/llamacpp-$m.json"
 done
+# the Amdahl report (transformers fp32/bf16, vLLM-CPU bf16; batch 1) on the same directories
+FLASHHEAD_DENSE_RULE=0 python benchmarks/amdahl.py --json "$RAW/amdahl.json" \
+  --dir $(for m in $MODELS; do printf '%s=%s ' "$m" "$WORK/$m-flashhead"; done)
 python benchmarks/render_benchmarks.py $MODELS > docs/BENCHMARKS.md
 echo "wrote docs/BENCHMARKS.md"

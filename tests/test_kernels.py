@@ -162,6 +162,13 @@ def test_dense_rule_picks_the_crossover_for_device_and_dtype(monkeypatch):
     assert DenseRule.measured(crossover, torch.zeros(2, 2)).above == 8.0
     assert DenseRule.measured(crossover, torch.zeros(2, 2, dtype=torch.bfloat16)).above == 0.125
     assert DenseRule.measured({"cuda": 0.25}, torch.zeros(2, 2)).above is None   # none measured: off
+    # a CPU with bf16 instructions has its own bf16 entry (its dense bf16 head is several times faster)
+    isa = {**crossover, "cpu/bfloat16/avx512_bf16": 0.25}
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert DenseRule.measured(isa, torch.zeros(2, 2, dtype=torch.bfloat16)).above == 0.25
+    assert DenseRule.measured(isa, torch.zeros(2, 2)).above == 8.0
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert DenseRule.measured(isa, torch.zeros(2, 2, dtype=torch.bfloat16)).above == 0.125
     monkeypatch.setenv("FLASHHEAD_DENSE_RULE", "0")
     assert DenseRule.measured(crossover, torch.zeros(2, 2)).above is None
 

@@ -2,8 +2,10 @@
 
 A step of N positions reads N*P*cs stage-2 rows; above `above` * V rows the dense head is cheaper.
 Each integration measured its own crossover for its own dense head ({"device": fraction of V,
-"device/dtype": ...}: integrations/hf.py, integrations/vllm/logits.py) and builds its rule with
-`DenseRule.measured`; the core default is off (None). FLASHHEAD_DENSE_RULE=0 turns every rule off.
+"device/dtype": ..., "cpu/bfloat16/avx512_bf16": ...}: integrations/hf.py,
+integrations/vllm/logits.py) and builds its rule with `DenseRule.measured`; the core default is off
+(None). FLASHHEAD_DENSE_RULE=0 turns every rule off. A CPU with bf16 instructions (AVX512-BF16) runs
+a bf16 dense head several times faster than one without (AVX2), hence its own entry.
 
 One object per head routes each step once and counts it; the counts are logged at 1, 10, 100, ...
 steps (host-side ints only: no device sync), so a dense fallback is never silent.
@@ -32,7 +34,11 @@ class DenseRule:
         if os.environ.get(ENV, "1") == "0":
             return cls(None, logger)
         kind = weight.device.type
-        return cls(crossover.get(f"{kind}/{str(weight.dtype).removeprefix('torch.')}", crossover.get(kind)), logger)
+        dtype = f"{kind}/{str(weight.dtype).removeprefix('torch.')}"
+        keys = [dtype, kind]
+        if kind == "cpu" and weight.dtype == torch.bfloat16 and torch.cpu._is_avx512_bf16_supported():
+            keys.insert(0, f"{dtype}/avx512_bf16")
+        return cls(next((crossover[k] for k in keys if k in crossover), None), logger)
 
     def dense(self, rows: int, vocab: int) -> bool:
         """Route one step that would read `rows` stage-2 rows: True -> the dense head. Counted."""

@@ -70,10 +70,13 @@ if not _version_ok(_vllm_version):
 PROBES_KEY = "flash_head_probes"   # optional override, e.g. LLM(..., hf_overrides={PROBES_KEY: 64})
 ENV_ENABLED = "FLASHHEAD_ENABLED"
 # The dense rule's crossover against vLLM's dense head (fraction of V in stage-2 rows per step).
-# CPU (bf16, end to end, the rule off; docs/VLLM.md): Gemma-3-270M 1.11x at 0.25 V (batch 8),
-# 1.12x at 0.50 V (batch 16); SmolLM2 1.00x at 0.23 V (batch 2), 0.84x at 0.46 V (batch 4)
-# -> 0.25. CUDA from the eager H200 head timings (docs/KERNELS.md), not measured inside vLLM.
-CROSSOVER = {"cpu": 0.25, "cuda": 0.25}
+# CPU bf16, end to end, the rule off (docs/VLLM.md). With bf16 instructions (AVX512-BF16, the earlier
+# host, stage 2 copying rows to fp32): Gemma-3-270M 1.11x at 0.25 V (batch 8), 1.12x at 0.50 V;
+# SmolLM2 1.00x at 0.23 V (batch 2), 0.84x at 0.46 V (batch 4) -> 0.25. Without (AVX2, native bf16
+# stage 2): Gemma-3-270M 1.74x / 2.02x / 1.94x at 0.30 / 0.60 / 1.2 V (batch 4 / 8 / 16); SmolLM2
+# 0.95x / 0.99x / 1.07x at 0.37 / 0.75 / 1.5 V -> 1.5 (batches past 16 not measured).
+# CUDA from the eager H200 head timings (docs/KERNELS.md), not measured inside vLLM.
+CROSSOVER = {"cpu": 0.25, "cpu/bfloat16": 1.5, "cpu/bfloat16/avx512_bf16": 0.25, "cuda": 0.25}
 
 
 class FlashHeadLogitsProcessor(LogitsProcessor):
