@@ -75,15 +75,18 @@ def test_kv_cache_intact(model):
 
 
 def test_default_probes_flashhead_runs(model):
-    """Default probes: FlashHead picks the tokens (counted), and they agree with llama.cpp's dense
-    greedy tokens for most of the text (measured 40 of 64 identical leading tokens per prompt;
-    teacher-forced agreement is docs/FIDELITY.md's)."""
+    """Default probes: FlashHead picks the tokens (counted), and they are the model's: position by
+    position, 20 of the 32 tokens equal llama.cpp's dense greedy tokens with the current default
+    build (4 k-means rounds; 24+ with the 8-round builds before). Greedy texts part at the first
+    near-tie and positions after it rarely match, so this checks the text, not the fidelity
+    (teacher-forced agreement is docs/FIDELITY.md's and tests/test_fidelity.py's); a wrong head
+    (random tokens) matches ~0."""
     before = model.head.stats["flashhead_steps"]
     out = model.generate(PROMPTS, max_new_tokens=16)
     dense = model.generate(PROMPTS, max_new_tokens=16, dense=True)
     assert model.head.stats["flashhead_steps"] - before == 16
     assert model.head.stats["dense_steps"] == 0
-    assert sum(a == b for x, y in zip(out["token_ids"], dense["token_ids"]) for a, b in zip(x, y)) >= 24
+    assert sum(a == b for x, y in zip(out["token_ids"], dense["token_ids"]) for a, b in zip(x, y)) >= 16
 
 
 def test_logprobs_close_to_dense(model):

@@ -27,15 +27,16 @@ def test_round_trip_is_within_half_a_step(bits, bound):
 
 @pytest.mark.parametrize("quant,tol", [("int8", 0.02), ("int4", 0.2)])
 def test_quantized_scores_follow_the_float_scores(quant, tol):
-    """Scores from the quantized table vs h @ C.T, relative to the score scale. Measured here on
-    random data (d=64, 8 x 256 scores): int8 max error 0.006 (torch) / 0.0056 (CPU kernel, bf16
-    activations), int4 0.112 of the scale; a scale off by half (0.50 / 0.55) or two swapped columns
-    (0.45 / 0.50) are far outside."""
+    """Scores from the quantized table vs h @ C.T, relative to the score scale. Measured on this
+    seeded random data (d=64, 8 x 256 scores): int8 max error 0.006, int4 0.116 of the scale; a
+    scale off by half (0.50 / 0.51) or two swapped columns (0.31 / 0.32) are far outside. (Unseeded,
+    a draw put the swapped int4 case at 0.19, inside the tolerance: CI, 2026-11-29.)"""
     c = _centroids()
-    h = torch.randn(8, 64)
+    g = torch.Generator().manual_seed(1)    # seeded: the margins below are measured, not drawn anew
+    h = torch.randn(8, 64, generator=g)
     exact = h @ c.T
     scale = float(exact.abs().max())
-    w = torch.randn(256 * 16, 64)
+    w = torch.randn(256 * 16, 64, generator=g)
     assign = torch.arange(256).repeat_interleave(16)
     head = FlashHead(w, ClusterIndex(FlashHeadConfig(probes=4, quantization=quant), assign, c, fingerprint(w)))
     for kernel in ("torch", "cpu"):

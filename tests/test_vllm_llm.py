@@ -90,9 +90,11 @@ def test_published_layout_all_probes_equals_dense(smollm2_published_dir, dense_t
 def test_default_probes_agree_on_most_prompts(flashhead_llm, dense_tokens):
     _, out = flashhead_llm
     same = sum(a == b for a, b in zip(out, dense_tokens))
-    # measured: 8/8 prompts identical over 16 greedy tokens at the default probes (then 357 of 3072);
-    # a whole 16-token continuation diverges after a single near-tie flip, so allow 2 of 8
-    assert same >= 6, f"{same}/8 identical"
+    # measured: 8/8 prompts identical over 16 greedy tokens with the 8-round build of P = 357, 5/8
+    # with today's default (4 k-means rounds, P = 287; the same teacher-forced agreement within noise,
+    # docs/FIDELITY.md "Build time"). A whole 16-token continuation diverges after a single near-tie
+    # flip, so this checks the text, not the fidelity (tests/test_fidelity.py does): at least half
+    assert same >= 4, f"{same}/8 identical"
 
 
 def test_sampling_seeded_and_logprobs(flashhead_llm):
