@@ -22,41 +22,86 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def calibration(data: dict, sources: list[str], total: int):
+# the build recipe these rows come from (suite_report.py marks rows of earlier recipes)
+RECIPE = "kinds"
+
+
+def own_samples(model: str, data: dict, share: int, starts: int = 3, batch: int = 64) -> torch.Tensor:
+    """The model's own samples exactly as `flashhead build` draws its share of them
+    (hidden.sampled(model, tok, share), seed 0: the first sequences of each kind of start, as many
+    tokens each as the share allows), generated once per share and kept in the suite's cache file."""
+    from suite_data import out_path
+
+    key = (f"self@{share}-rr" + (f"-starts{starts}" if starts != 3 else "")
+           + (f"-b{batch}" if batch != 64 else "") + "/cal_h")
+    if key not in data:
+        from safetensors.torch import load_file, save_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from flashhead import hidden
+        from flashhead.sources import resolve
+
+        d = resolve(model)
+        lm = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        h, _ = hidden.sampled(lm, AutoTokenizer.from_pretrained(d), share, batch=batch, starts=starts,
+                              progress=False)
+        stored = load_file(str(out_path(model)))
+        stored[key] = data[key] = h.contiguous()
+        save_file(stored, str(out_path(model)))
+    return data[key]
+
+
+def calibration(data: dict, sources: list[str], total: int, model: str | None = None, starts: int = 3,
+                batch: int = 64):
     """Equal shares of `total` positions from each source: (fit [N, d], held-out [M, d]), the last
-    quarter of every share held out (whole texts, as build.py holds out the last quarter)."""
+    quarter of every share held out (whole texts, as build.py holds out the last quarter). `self`
+    is drawn as the build draws it (own_samples) when `model` is given."""
     share = total // len(sources)
     fit, held = [], []
     for s in sources:
-        h = data[f"{s}/cal_h"][:share]
+        h = own_samples(model, data, share, starts, batch) if s == "self" and model else data[f"{s}/cal_h"][:share]
         k = h.shape[0] - h.shape[0] // 4
         fit.append(h[:k])
         held.append(h[k:])
     return torch.cat(fit), torch.cat(held)
 
 
-def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, **kw):
+def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, starts: int = 3,
+           batch: int = 64, **kw):
     """fit.fit_index on the sources' calibration states, cached by model and sources; -> (index, held)."""
     from flashhead import ClusterIndex, FlashHeadConfig
     from flashhead.fit import fit_index
     from flashhead.cache import cache_root
 
-    fit, held = calibration(data, sources, positions)
+    fit, held = calibration(data, sources, positions, model, starts, batch)
     from flashhead.fit import TARGET_AGREEMENT
 
     kw.setdefault("target_agreement", TARGET_AGREEMENT)
     from flashhead.calibrate import USAGE_LOGITS
 
-    # the recipe in the tag: a cached index of an older recipe (8 rounds, usage on every position)
-    # is not reused for the current one
+    # the recipe in the tag: a cached index of an older recipe (8 rounds, usage on every position,
+    # self-samples from BOS alone) is not reused for the current one
     tag = ("-".join(sorted(sources)) + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
-           + f"-r{FlashHeadConfig().iterations}-u{USAGE_LOGITS}")
+           + f"-r{FlashHeadConfig().iterations}-u{USAGE_LOGITS}-kinds-asbuilt-rr" + (f"-starts{starts}" if starts != 3 else "")
+           + (f"-b{batch}" if batch != 64 else ""))
     path = cache_root() / "suite" / "indices" / model / tag
     if (path / "flash_head_assets").is_dir():
         return ClusterIndex.load(path / "flash_head_assets"), held
     index = fit_index(data["head"], fit, FlashHeadConfig(), held_out=held, **kw)
     index.save(path)
     return index, held
+
+
+def needed(head, w, h, target: float = 0.995) -> dict:
+    """The probes this build would need on these positions for `target` greedy agreement (the dense
+    top-1 token's cluster ranked within P by stage 1) and what that step reads (bf16 bytes)."""
+    from flashhead.fit import dense_top1_rank, smallest_probes
+    from flashhead.metrics import cost
+
+    p = smallest_probes(dense_top1_rank(head, h, w), target)
+    frac = cost(*w.shape, head.num_clusters, head.cluster_size, p, head.config.quantization,
+                torch.bfloat16)["bytes_fraction"]
+    return {"probes_for_995": p, "bytes_for_995": round(frac, 4)}
 
 
 def main():
@@ -73,6 +118,10 @@ def main():
     p.add_argument("--positions", type=int, default=16384)
     p.add_argument("--eval-positions", type=int, default=3072, help="scored positions per domain")
     p.add_argument("--usage-floor", type=float, default=None, help="calibrate.USAGE_FLOOR for these builds")
+    p.add_argument("--starts", type=int, default=3, help="hidden.sampled's start tokens for `self` "
+                   "(0: from BOS alone, the earlier recipe); rows are named VARIANT@startsN")
+    p.add_argument("--self-batch", type=int, default=64, help="hidden.sampled's batch for `self` (sequences "
+                   "per share: the share's positions are spread over them); rows named VARIANT@batchN")
     p.add_argument("--json", default=None, help="write the rows here (docs/bench/suite-MODEL.json); "
                    "rows of variants not run this time are kept")
     a = p.parse_args()
@@ -96,6 +145,10 @@ def main():
             plans.append((v, None, suite))
         else:
             raise SystemExit(f"unknown variant {v}")
+    if a.starts != 3:
+        plans = [(f"{name}@starts{a.starts}", s, d) for name, s, d in plans]
+    if a.self_batch != 64:
+        plans = [(f"{name}@batch{a.self_batch}", s, d) for name, s, d in plans]
     out = json.loads(Path(a.json).read_text()) if a.json and Path(a.json).is_file() else []
     names = {name for name, _, _ in plans}
     out = [r for r in out if r["variant"] not in names]
@@ -107,13 +160,14 @@ def main():
             index = ClusterIndex(FlashHeadConfig(probes=base or 1), c.assignments, c.centroids, fingerprint(w))
         else:
             kw = {} if a.usage_floor is None else {"usage_floor": a.usage_floor}
-            index, _ = fitted(a.model, data, sources, a.positions, **kw)
+            index, _ = fitted(a.model, data, sources, a.positions, a.starts, a.self_batch, **kw)
             base = base or index.config.probes
         head = FlashHead(w, index)
         for dom in domains:
             n = a.eval_positions
             r = evaluate_hidden(head, w, data[f"{dom}/eval_h"][:n], data[f"{dom}/eval_y"][:n], [head.probes], chunk=256)[0]
-            r.update(variant=name, domain=dom, sources=sources, seconds=round(time.time() - t))
+            r.update(variant=name, domain=dom, sources=sources, seconds=round(time.time() - t), recipe=RECIPE,
+                     **needed(head, w, data[f"{dom}/eval_h"][:n]))
             out.append(r)
             print(f"{name:>18} {dom:>8} P={r['probes']:>5} agree {r['top1_agreement']:.4f} "
                   f"TV {r['tv_distance']:.4f} ppl {r['ppl_flashhead'] / r['ppl_dense']:.3f} "

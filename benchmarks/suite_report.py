@@ -17,8 +17,9 @@ TARGETS = {"smollm2-135m": 1.10, "gemma-3-270m": 1.05}   # perplexity ratio aske
 
 def row(r: dict) -> list[str]:
     ratio = r["ppl_flashhead"] / r["ppl_dense"]
-    return [r["domain"], f"{r['probes']:,}", f"{r['bytes_fraction_bf16']:.3f}", f"{r['top1_agreement']:.2%}",
-            f"{r['tv_distance']:.4f}", f"{ratio:.3f}"]
+    need = (f"{r['probes_for_995']:,} ({r['bytes_for_995']:.3f})" if "probes_for_995" in r else "—")
+    return [r["domain"] + ("" if r.get("recipe") else " †"), f"{r['probes']:,}", f"{r['bytes_fraction_bf16']:.3f}", f"{r['top1_agreement']:.2%}",
+            f"{r['tv_distance']:.4f}", f"{ratio:.3f}", need]
 
 
 def table(rows: list[list[str]], head: list[str]) -> str:
@@ -29,12 +30,12 @@ def table(rows: list[list[str]], head: list[str]) -> str:
 
 def report(model: str) -> str:
     rows = json.loads((Path("docs/bench") / f"suite-{model}.json").read_text())
-    head = ["domain", "P", "bytes (bf16)", "agreement", "TV (T=1)", "ppl ratio"]
+    head = ["domain", "P", "bytes (bf16)", "agreement", "TV (T=1)", "ppl ratio", "P for 99.5% (bytes)"]
     out = [f"### {model}\n"]
     default = [r for r in rows if r["variant"] == "suite"]
     out += ["Default build (calibrated on every domain: **in-domain**, eval documents held out):\n",
             table([row(r) for r in default], head), ""]
-    loo = [r for r in rows if r["variant"].startswith("without ")]
+    loo = [r for r in rows if r["variant"].startswith("without ") and "@" not in r["variant"]]
     if loo:
         worst = min(loo, key=lambda r: r["top1_agreement"])
         body = []
@@ -57,6 +58,16 @@ def report(model: str) -> str:
                  for d in domains] for v in variants]
         out += [f"Greedy agreement by calibration, at P = {default[0]['probes']:,} (* in-domain):\n",
                 table(body, ["calibrated on"] + domains), ""]
+    bos = [(r, by.get(r["variant"].split("@")[0], {}).get(r["domain"])) for r in rows if r["variant"].endswith("@starts0")]
+    if bos:
+        body = [[r["variant"].split("@")[0] + ", on " + r["domain"], f"{r['top1_agreement']:.2%} / {r['tv_distance']:.4f}",
+                 f"{k['top1_agreement']:.2%} / {k['tv_distance']:.4f}" if k else "—"] for r, k in bos]
+        out += ["The model's own samples started from BOS alone against from every kind of token "
+                "(kinds.py), everything else equal (agreement / TV):\n",
+                table(body, ["build", "from BOS", "from every kind"]), ""]
+    if any(not r.get("recipe") for r in rows):
+        out += ["† measured on a build of the previous recipe (self-samples from BOS alone, 8 k-means "
+                "rounds, the usage statistic on every position); not rerun yet.\n"]
     return "\n".join(out)
 
 

@@ -75,7 +75,7 @@ def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, de
     3. the estimate's per-token offsets at those probes (estimate.py), from h.
     index.build records the seconds of each step and the held-out agreement."""
     from .calibrate import Calibration, query_transform, spread, token_weights
-    from .estimate import FIT_POSITIONS, fit_offsets
+    from .estimate import fit_offsets, fit_positions
 
     t0 = time.perf_counter()
     cal = Calibration.from_hidden(weight, h)
@@ -94,8 +94,8 @@ def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, de
         agreement = float((ranks < probes).float().mean())
     index.config = dataclasses.replace(config, probes=probes or config.probes)
     t2 = time.perf_counter()
-    index.offsets = fit_offsets(FlashHead(weight, index), weight, h[spread(h.shape[0], FIT_POSITIONS)],
-                                progress=progress)
+    sample = h[spread(h.shape[0], fit_positions(weight.shape[0]))]
+    index.offsets = fit_offsets(FlashHead(weight, index), weight, sample, progress=progress)
     t3 = time.perf_counter()
     index.build["held_out_agreement"] = agreement
     index.build["seconds"] = {"clustering": round(t1 - t0, 1), "probes": round(t2 - t1, 1),

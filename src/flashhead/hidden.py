@@ -2,7 +2,8 @@
 
     teacher_forced(model, tok, texts)    -> H [N, d], next tokens [N]   (real text, for evaluation)
     sampled(model, tok, positions)       -> H [N, d], sampled tokens [N] (the model's own text, for
-                                            calibrating a build: no corpus needed, any language)
+                                            calibrating a build: no corpus needed, started from
+                                            every kind of token in the vocabulary, kinds.py)
 
 `model` is a causal LM (dense or FlashHead head); its body (`model.base_model`) produces the states
 after the final norm, and the dense product with the head weight is used wherever a next token is
@@ -43,13 +44,18 @@ def teacher_forced(model, tokenizer, texts: list[str], max_positions: int = 4096
 
 
 @torch.inference_mode()
-def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: int = 128,
-            temperature: float = 1.0, seed: int = 0, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: int = 64,
+            temperature: float = 1.0, seed: int = 0, starts: int = 3,
+            progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own text: `batch` sequences at a time, each up to `length` tokens sampled from
-    the dense softmax at `temperature`, starting from BOS; a sequence stops at EOS. Returns
-    H [N, d] fp32 (the state each token was drawn from) and the drawn tokens [N], N = positions,
-    sequence after sequence (so a split by position is, but for one sequence, a split by text)."""
+    the dense softmax at `temperature` after BOS and `starts` tokens of one kind (kinds.py; the
+    kinds taken in turn, each start token drawn uniformly from its kind; 0: BOS alone); a sequence stops at EOS. Returns
+    H [N, d] fp32 (the state each token was drawn from, the last start token's included) and the
+    drawn tokens [N], N = positions, sequence after sequence (so a split by position is, but for
+    one sequence, a split by text)."""
     from tqdm.auto import tqdm
+
+    from .kinds import token_kinds
 
     body, weight = model.base_model, _head_weight(model)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -57,11 +63,18 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
         raise FlashHeadError("the tokenizer has neither a BOS nor an EOS token to start sampling from")
     eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.int64)
     softcap = getattr(model.config, "final_logit_softcapping", None)
+    kinds = list(token_kinds(tokenizer, weight.shape[0]).values()) if starts else []
     gen = torch.Generator().manual_seed(seed)
     hs, ts, seq, n, first = [], [], [], 0, 0
     bar = tqdm(total=positions, desc="sampling calibration text", unit="pos", disable=not progress)
     while n < positions:
-        ids = torch.full((batch, 1), start, dtype=torch.int64, device=model.device)
+        ids = torch.full((batch, 1), start, dtype=torch.int64)
+        if kinds:
+            # every kind in turn (a shuffled cycle): each batch starts every kind alike
+            pick = [int(k) for k in torch.randperm(len(kinds), generator=gen).repeat(-(-batch // len(kinds)))[:batch]]
+            ids = torch.cat([ids, torch.stack([kinds[k][torch.randint(len(kinds[k]), (starts,), generator=gen)]
+                                               for k in pick])], 1)
+        ids = ids.to(model.device)
         alive = torch.ones(batch, dtype=torch.bool)
         past = None
         for _ in range(length):
@@ -71,7 +84,7 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
             logits = (h @ weight.T).float()                               # [B, V] dense
             if softcap:
                 logits = softcap * torch.tanh(logits / softcap)
-            nxt = _draw(torch.softmax(logits.cpu() / temperature, dim=-1), gen)   # [B]
+            nxt = _draw(logits.cpu() / temperature, gen)                  # [B]
             hs.append(h.float().cpu()[alive])
             ts.append(nxt[alive])
             seq.append(first + torch.nonzero(alive).squeeze(1))
@@ -87,13 +100,14 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
     return torch.cat(hs)[order], torch.cat(ts)[order]
 
 
-def _draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One token per row of probs [B, V] by inverting the row's cumulative distribution (float64)
-    at a uniform draw. (torch.multinomial: 0.55 s per [64, 262,144] call on the 2-core host, 17.5 s
-    of a Gemma-3-270M build; this: 0.05 s.)"""
-    cdf = probs.double().cumsum_(1)
-    u = torch.rand(probs.shape[0], 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max_(probs.shape[1] - 1)
+def _draw(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token per row of logits [B, V], drawn from its softmax by inverting the cumulative sum of
+    exp(logits - max) (float64) at a uniform draw scaled by the total: no normalised copy.
+    (torch.multinomial: 0.55 s per [64, 262,144] call on the 2-core host, 17.5 s of a Gemma-3-270M
+    build; this: 0.05 s.)"""
+    cdf = (logits - logits.amax(1, keepdim=True)).exp_().double().cumsum_(1)
+    u = torch.rand(logits.shape[0], 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max_(logits.shape[1] - 1)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
