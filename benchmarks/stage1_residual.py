@@ -13,6 +13,7 @@ throughout (no kernel: this measures the signal, not the speed).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def main():
     p.add_argument("--subspaces", nargs="+", type=int, default=[48, 72])
     p.add_argument("--eval-positions", type=int, default=2048)
     a = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("FLASHHEAD_THREADS", "2")))
     data = load(a.model)
     w = data["head"].float()
     v, d = w.shape
