@@ -67,10 +67,14 @@ def calibration(data: dict, sources: list[str], total: int, model: str | None = 
 
 
 def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, starts: int = 3,
-           batch: int = 64, **kw):
-    """fit.fit_index on the sources' calibration states, cached by model and sources; -> (index, held)."""
+           batch: int = 64, quantization: str = "int8", **kw):
+    """fit.fit_index on the sources' calibration states, cached by model and sources; -> (index, held).
+    Another stage-1 storage than int8 takes the int8 build's clusters (they do not depend on it)
+    and fits its own probes and offsets (fit.fit_probes), as `flashhead build --quantization` would."""
+    import dataclasses
+
     from flashhead import ClusterIndex, FlashHeadConfig
-    from flashhead.fit import fit_index
+    from flashhead.fit import fit_index, fit_probes
     from flashhead.cache import cache_root
 
     fit, held = calibration(data, sources, positions, model, starts, batch)
@@ -84,10 +88,15 @@ def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, s
     tag = ("-".join(sorted(sources)) + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
            + f"-r{FlashHeadConfig().iterations}-u{USAGE_LOGITS}-kinds-asbuilt-rr" + (f"-starts{starts}" if starts != 3 else "")
            + (f"-b{batch}" if batch != 64 else ""))
-    path = cache_root() / "suite" / "indices" / model / tag
+    path = cache_root() / "suite" / "indices" / model / (tag + ("" if quantization == "int8" else f"-{quantization}"))
     if (path / "flash_head_assets").is_dir():
         return ClusterIndex.load(path / "flash_head_assets"), held
-    index = fit_index(data["head"], fit, FlashHeadConfig(), held_out=held, **kw)
+    if quantization == "int8":
+        index = fit_index(data["head"], fit, FlashHeadConfig(), held_out=held, **kw)
+    else:
+        index, _ = fitted(model, data, sources, positions, starts, batch, **kw)
+        index.config = dataclasses.replace(index.config, quantization=quantization)
+        index = fit_probes(index, data["head"], fit, held, kw["target_agreement"])
     index.save(path)
     return index, held
 
@@ -122,6 +131,9 @@ def main():
                    "(0: from BOS alone, the earlier recipe); rows are named VARIANT@startsN")
     p.add_argument("--self-batch", type=int, default=64, help="hidden.sampled's batch for `self` (sequences "
                    "per share: the share's positions are spread over them); rows named VARIANT@batchN")
+    p.add_argument("--quantization", default="int8", help="stage-1 storage of the builds (int8, the "
+                   "default, or int4: the int8 build's clusters, its own probes at the bytes cap and "
+                   "offsets); rows named VARIANT@int4")
     p.add_argument("--json", default=None, help="write the rows here (docs/bench/suite-MODEL.json); "
                    "rows of variants not run this time are kept")
     a = p.parse_args()
@@ -149,6 +161,8 @@ def main():
         plans = [(f"{name}@starts{a.starts}", s, d) for name, s, d in plans]
     if a.self_batch != 64:
         plans = [(f"{name}@batch{a.self_batch}", s, d) for name, s, d in plans]
+    if a.quantization != "int8":
+        plans = [(f"{name}@{a.quantization}", s, d) for name, s, d in plans]
     out = json.loads(Path(a.json).read_text()) if a.json and Path(a.json).is_file() else []
     names = {name for name, _, _ in plans}
     out = [r for r in out if r["variant"] not in names]
@@ -157,10 +171,11 @@ def main():
         t = time.time()
         if sources is None:
             c = balanced_kmeans(w, 16, 8, progress=False)
-            index = ClusterIndex(FlashHeadConfig(probes=base or 1), c.assignments, c.centroids, fingerprint(w))
+            index = ClusterIndex(FlashHeadConfig(probes=base or 1, quantization=a.quantization), c.assignments,
+                                 c.centroids, fingerprint(w))
         else:
             kw = {} if a.usage_floor is None else {"usage_floor": a.usage_floor}
-            index, _ = fitted(a.model, data, sources, a.positions, a.starts, a.self_batch, **kw)
+            index, _ = fitted(a.model, data, sources, a.positions, a.starts, a.self_batch, a.quantization, **kw)
             base = base or index.config.probes
         head = FlashHead(w, index)
         for dom in domains:

@@ -4,7 +4,8 @@
 
 Per model: the default build (calibrated on the whole suite: every domain is then in-domain) per
 domain; leave one domain out (the build never saw the domain: the number for a user's unknown
-text), with the worst row marked; and agreement per calibration at equal probes.
+text), with the worst row marked; agreement per calibration at equal probes; self-samples from
+BOS against from every kind of token; int8 against int4 stage 1 at equal bytes.
 """
 from __future__ import annotations
 
@@ -65,6 +66,16 @@ def report(model: str) -> str:
         out += ["The model's own samples started from BOS alone against from every kind of token "
                 "(kinds.py), everything else equal (agreement / TV):\n",
                 table(body, ["build", "from BOS", "from every kind"]), ""]
+    int4 = [(r, by.get(r["variant"].split("@")[0], {}).get(r["domain"])) for r in rows if r["variant"].endswith("@int4")]
+    if int4:
+        def cell(r):
+            return (f"{r['probes']:,}: {r['top1_agreement']:.2%} / {r['tv_distance']:.4f} / "
+                    f"{r['ppl_flashhead'] / r['ppl_dense']:.3f}") if r else "—"
+        body = [[("in-domain" if r["variant"].startswith("suite") else "left out") + ", " + r["domain"],
+                 cell(k), cell(r)] for r, k in int4]
+        out += ["Stage 1 in int8 against int4 (a scale per 64 columns) at equal bytes (0.125 of the dense "
+                "head: int4's smaller table buys more probes), the same clusters (P: agreement / TV / "
+                "ppl ratio):\n", table(body, ["build, scored on", "int8", "int4"]), ""]
     if any(not r.get("recipe") for r in rows):
         out += ["† measured on a build of the previous recipe (self-samples from BOS alone, 8 k-means "
                 "rounds, the usage statistic on every position); not rerun yet.\n"]

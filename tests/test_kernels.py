@@ -52,14 +52,16 @@ def _compare(head, h, other):
     torch.testing.assert_close(head(h), l_r, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("quant,dtype", [("none", torch.float32), ("int4", torch.float32),
-                                         ("none", torch.bfloat16)])
-def test_cpu_kernel_equals_reference(quant, dtype):
-    w, head = _head(quant=quant, dtype=dtype)
+@pytest.mark.parametrize("quant,dtype,d", [("none", torch.float32, 64), ("none", torch.bfloat16, 64),
+                                           ("int4", torch.float32, 48)])
+def test_cpu_kernel_equals_reference(quant, dtype, d):
+    """(int4 with d = 48: no group size of torch's int4 kernel divides it, so stage 1 is the
+    reference's; test_cpu_quantized_kernel_follows_its_definition checks the packed one.)"""
+    w, head = _head(quant=quant, dtype=dtype, d=d)
     # 1: the union is the position's own clusters; 6: shared clusters, one chunk, the workspace
     # grows; 40: the union spans several chunks (64 clusters each), `rows @ h.T` (WIDE_BATCH)
     for n in (1, 6, 40):
-        _compare(head, torch.randn(n, 64, dtype=dtype), Kernel.CPU)
+        _compare(head, torch.randn(n, d, dtype=dtype), Kernel.CPU)
 
 
 def test_exact_tokens_cpu_equals_reference():
@@ -79,14 +81,16 @@ def test_exact_tokens_cpu_equals_reference():
     assert head.greedy(h).tolist() == [exact[0]] * 3
 
 
-def test_cpu_int8_kernel_follows_its_definition():
-    """int8 stage 1 on the CPU runs in bf16 (torch's packed int8 kernel): its scores differ from
-    the fp32 reference by bf16 rounding, so near-ties at the P-th cluster may break differently.
-    Checked: the scores within bf16 tolerance, and everything after them exactly as defined."""
-    w, head = _head(quant="int8")
+@pytest.mark.parametrize("quant,d", [("int8", 64), ("int4", 64), ("int4", 192)])
+def test_cpu_quantized_kernel_follows_its_definition(quant, d):
+    """int8 and int4 stage 1 on the CPU run in bf16 (torch's packed weight-only kernels): their
+    scores differ from the fp32 reference by bf16 rounding, so near-ties at the P-th cluster may
+    break differently. Checked: the scores within bf16 tolerance, and everything after them exactly
+    as defined. (int4, d = 192: three groups of columns, each with its own scale.)"""
+    w, head = _head(quant=quant, d=d)
     head.kernel = Kernel.CPU
     for n in (1, 6):
-        h = torch.randn(n, 64)
+        h = torch.randn(n, d)
         s_ref = head.stage1(h)                                         # fp32 reference scores
         s, tok, z = head.probe(h)
         torch.testing.assert_close(s, s_ref, rtol=0, atol=1e-2 * float(s_ref.abs().max()))

@@ -20,7 +20,7 @@ import torch
 # of one that holds 1 of probability mass. 1e-8 and 1e-6 measured alike, 1/V (2e-5) worse.
 USAGE_FLOOR = 1e-6
 # The usage statistic reads at most this many dense logits (positions x V), from positions spread
-# over every calibration source (`spread`). Measured (benchmarks/build_recipe.py: fixed P, the
+# over every calibration source (`within`). Measured (benchmarks/build_recipe.py: fixed P, the
 # suite's eval documents, in-domain; docs/FIDELITY.md): SmolLM2 (V = 49,152) with 4,096 of its
 # 12,285 fit positions lost 1.4 points on legal text (97.9% -> 96.5%), so a small vocabulary reads
 # every position (2^30 / V = 21,845); Gemma-3-270M (V = 262,144) reads 4,096: the same agreement on
@@ -32,6 +32,13 @@ def spread(n: int, k: int) -> torch.Tensor:
     """min(k, n) position indices evenly spread over [0, n): every source of a calibration, which
     comes source after source, gets its share."""
     return torch.linspace(0, n - 1, min(k, n)).long()
+
+
+def within(h: torch.Tensor, vocab: int, logits: int, most: int | None = None) -> torch.Tensor:
+    """The rows of h [N, d] a dense pass of at most `logits` logits (rows x vocab) reads, at most
+    `most` of them and at least one, spread over h (`spread`)."""
+    k = max(1, logits // vocab)
+    return h[spread(h.shape[0], k if most is None else min(k, most))]
 
 
 def second_moment(h: torch.Tensor, normalize: bool = False, chunk: int = 4096) -> torch.Tensor:
@@ -78,5 +85,4 @@ class Calibration:
     @classmethod
     def from_hidden(cls, weight: torch.Tensor, h: torch.Tensor) -> "Calibration":
         h = h.float()
-        sample = spread(h.shape[0], max(1, USAGE_LOGITS // weight.shape[0]))
-        return cls(second_moment(h, normalize=True), token_usage(weight, h[sample]))
+        return cls(second_moment(h, normalize=True), token_usage(weight, within(h, weight.shape[0], USAGE_LOGITS)))

@@ -31,10 +31,6 @@ FIT_POSITIONS = 4096
 FIT_LOGITS = 2 ** 29
 
 
-def fit_positions(vocab: int) -> int:
-    return max(1, min(FIT_POSITIONS, FIT_LOGITS // vocab))
-
-
 def unprobed_logits(scores: torch.Tensor, best: torch.Tensor, assignments: torch.Tensor,
                     offsets: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """scores [N, K] fp32, best [N, 1] (the best exact logit), assignments [V], offsets [V]
@@ -63,8 +59,7 @@ def fit_offsets(head, weight: torch.Tensor, h: torch.Tensor, chunk: int = 256,
         # are the dense ones (the same products), so no second stage-2 pass over the batch's union
         # (Gemma-3-270M, 4,096 positions: 14 of a build's 314 s)
         scores = head.scores(x.to(weight.dtype))
-        top = scores.topk(head.probes, dim=1, sorted=False).indices
-        tok = head.step.block_ids[top].flatten(1)
+        _, tok = head.step.probed(scores)
         tok, z = head.step.with_exact(x, tok, dense.gather(1, tok))
         q = head.fill_logits(x, scores, tok, z)                                  # its logits [n, V]
         probed = torch.zeros_like(q, dtype=torch.bool).scatter_(1, tok, True)

@@ -1,7 +1,8 @@
 """Fitting an index to a head and the model's hidden states: clusters, probes, estimate offsets.
 
     fit_index(W, H, config, held_out=H')   the whole fit (what `flashhead build` runs after it
-                                            has the calibration states)
+                                            has the calibration states) =
+                                            fit_probes(fit_clusters(...), ...)
     dense_top1_rank / smallest_probes      the agreement every probe count reaches, in one pass
 """
 from __future__ import annotations
@@ -68,14 +69,17 @@ def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, de
               usage_floor: float | None = None) -> ClusterIndex:
     """The index of head `weight` [V, d] fitted to calibration hidden states h [N, d]:
     1. clusters: balanced k-means on W sigma_dir^(1/2), usage-weighted stage-1 vectors
-       (calibrate.py);
-    2. probes: `probes` if given, else the smallest count whose greedy agreement with the dense
-       head reaches `target_agreement` on the hidden states `held_out`, capped at BYTES_BUDGET
-       (else config.probes);
-    3. the estimate's per-token offsets at those probes (estimate.py), from h.
+       (calibrate.py; `fit_clusters`);
+    2. probes and 3. the estimate's offsets (`fit_probes`).
     index.build records the seconds of each step and the held-out agreement."""
-    from .calibrate import Calibration, query_transform, spread, token_weights
-    from .estimate import fit_offsets, fit_positions
+    index = fit_clusters(weight, h, config, device, progress, usage_floor)
+    return fit_probes(index, weight, h, held_out, target_agreement, probes, progress)
+
+
+def fit_clusters(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, device: str | None = None,
+                 progress: bool = False, usage_floor: float | None = None) -> ClusterIndex:
+    """Step 1 of fit_index: the clusters and their stage-1 vectors (config.probes as given)."""
+    from .calibrate import Calibration, query_transform, token_weights
 
     t0 = time.perf_counter()
     cal = Calibration.from_hidden(weight, h)
@@ -85,6 +89,23 @@ def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, de
                                  token_weights=token_weights(cal.usage, *(() if usage_floor is None else (usage_floor,))))
     index = ClusterIndex(config, clustering.assignments, clustering.centroids, fingerprint(weight),
                          build=dict(clustering.stats))
+    index.build["seconds"] = {"clustering": round(time.perf_counter() - t0, 1)}
+    return index
+
+
+def fit_probes(index: ClusterIndex, weight: torch.Tensor, h: torch.Tensor, held_out: torch.Tensor | None = None,
+               target_agreement: float = TARGET_AGREEMENT, probes: int | None = None,
+               progress: bool = False) -> ClusterIndex:
+    """Steps 2 and 3 of fit_index, on the clusters of `index` and its config (stage-1 storage
+    included), in place:
+    2. probes: `probes` if given, else the smallest count whose greedy agreement with the dense
+       head reaches `target_agreement` on the hidden states `held_out`, capped at BYTES_BUDGET
+       (else config.probes);
+    3. the estimate's per-token offsets at those probes (estimate.py), from h."""
+    from .calibrate import within
+    from .estimate import FIT_LOGITS, FIT_POSITIONS, fit_offsets
+
+    config = index.config
     t1 = time.perf_counter()
     agreement = None
     if held_out is not None:
@@ -94,10 +115,10 @@ def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, de
         agreement = float((ranks < probes).float().mean())
     index.config = dataclasses.replace(config, probes=probes or config.probes)
     t2 = time.perf_counter()
-    sample = h[spread(h.shape[0], fit_positions(weight.shape[0]))]
+    index.offsets = torch.zeros(weight.shape[0])          # one step from zero, as on fresh clusters
+    sample = within(h, weight.shape[0], FIT_LOGITS, FIT_POSITIONS)
     index.offsets = fit_offsets(FlashHead(weight, index), weight, sample, progress=progress)
     t3 = time.perf_counter()
     index.build["held_out_agreement"] = agreement
-    index.build["seconds"] = {"clustering": round(t1 - t0, 1), "probes": round(t2 - t1, 1),
-                              "estimate": round(t3 - t2, 1)}
+    index.build.setdefault("seconds", {}).update(probes=round(t2 - t1, 1), estimate=round(t3 - t2, 1))
     return index

@@ -48,11 +48,10 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
             temperature: float = 1.0, seed: int = 0, starts: int = 3,
             progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own text: `batch` sequences at a time, each up to `length` tokens sampled from
-    the dense softmax at `temperature` after BOS and `starts` tokens of one kind (kinds.py; the
-    kinds taken in turn, each start token drawn uniformly from its kind; 0: BOS alone); a sequence stops at EOS. Returns
-    H [N, d] fp32 (the state each token was drawn from, the last start token's included) and the
-    drawn tokens [N], N = positions, sequence after sequence (so a split by position is, but for
-    one sequence, a split by text)."""
+    the dense softmax at `temperature` after BOS and `starts` tokens of one kind (`_start_tokens`;
+    0: BOS alone); a sequence stops at EOS. Returns H [N, d] fp32 (the state each token was drawn
+    from, the last start token's included) and the drawn tokens [N], N = positions, sequence after
+    sequence (so a split by position is, but for one sequence, a split by text)."""
     from tqdm.auto import tqdm
 
     from .kinds import token_kinds
@@ -70,10 +69,7 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
     while n < positions:
         ids = torch.full((batch, 1), start, dtype=torch.int64)
         if kinds:
-            # every kind in turn (a shuffled cycle): each batch starts every kind alike
-            pick = [int(k) for k in torch.randperm(len(kinds), generator=gen).repeat(-(-batch // len(kinds)))[:batch]]
-            ids = torch.cat([ids, torch.stack([kinds[k][torch.randint(len(kinds[k]), (starts,), generator=gen)]
-                                               for k in pick])], 1)
+            ids = torch.cat([ids, _start_tokens(kinds, batch, starts, gen)], 1)
         ids = ids.to(model.device)
         alive = torch.ones(batch, dtype=torch.bool)
         past = None
@@ -98,6 +94,14 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
     bar.close()
     order = torch.argsort(torch.cat(seq), stable=True)[:positions]       # sequence-major
     return torch.cat(hs)[order], torch.cat(ts)[order]
+
+
+def _start_tokens(kinds: list[torch.Tensor], batch: int, starts: int, gen: torch.Generator) -> torch.Tensor:
+    """[batch, starts]: row b holds `starts` tokens drawn uniformly from one kind (kinds: each a
+    tensor of token ids), the kinds taken in turn in a shuffled cycle, so a batch starts every kind
+    alike."""
+    cycle = torch.randperm(len(kinds), generator=gen).repeat(-(-batch // len(kinds)))[:batch]
+    return torch.stack([kinds[k][torch.randint(len(kinds[k]), (starts,), generator=gen)] for k in cycle.tolist()])
 
 
 def _draw(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -1,28 +1,42 @@
 """Selective quantization of stage 1: the centroids may be stored in int8 or int4.
 
 Stage 2 (the exact logits) always uses the model's own head weight; only the centroid scores,
-which merely rank clusters, are approximated. Symmetric per-row scales:
-    int8: q = round(c / s) in [-127, 127],  s = max|c_row| / 127
-    int4: q in [-7, 7], two values packed per byte (low nibble = even column)
+which merely rank clusters, are approximated. Symmetric scales:
+    int8: q = round(c / s) in [-127, 127],  s = max|c_row| / 127, one per row
+    int4: q in [-7, 7], s = max|c_group| / 7, one per group of INT4_GROUP columns (one per row
+          where the hidden size is not a multiple), two values packed per byte (low nibble = even
+          column, stored as q + 8)
+int4 with one scale per row ranked clusters worse than int8 even with the probes its smaller
+table buys at equal bytes (SmolLM2, 2026-11-30); with a scale per 64 columns it ranks like int8
+(SmolLM2) or better (Gemma-3-270M): docs/FIDELITY.md, "int4 stage 1".
 """
 from __future__ import annotations
 
 import torch
 
 BITS = {"none": None, "int8": 8, "int4": 4}
+INT4_GROUP = 64
+
+
+def groups(hidden: int, bits: int) -> int:
+    """Scales per row: one for int8; for int4 one per INT4_GROUP columns, or one per row."""
+    return hidden // INT4_GROUP if bits == 4 and hidden % INT4_GROUP == 0 else 1
 
 
 def quantize_rows(c: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """c [K, d] float -> (q int8 [K, d] or packed uint8 [K, d/2], scale [K] float32)."""
+    """c [K, d] float -> (q int8 [K, d] or packed uint8 [K, d/2], scale float32 [K] (int8) or
+    [K, G] (int4, G = groups(d, 4)))."""
     qmax = 2 ** (bits - 1) - 1
-    scale = c.abs().amax(dim=1).clamp_min(1e-12) / qmax
-    q = torch.round(c / scale.unsqueeze(1)).clamp(-qmax, qmax).to(torch.int8)
+    k, d = c.shape
+    g = groups(d, bits)
+    scale = c.reshape(k, g, d // g).abs().amax(dim=2).clamp_min(1e-12) / qmax        # [K, G]
+    q = torch.round(c / scale.repeat_interleave(d // g, 1)).clamp(-qmax, qmax).to(torch.int8)
     if bits == 4:
-        if q.shape[1] % 2:
+        if d % 2:
             raise ValueError("int4 stage 1 needs an even hidden size")
         u = (q + 8).to(torch.uint8)                       # [0, 15]
-        q = u[:, 0::2] | (u[:, 1::2] << 4)
-    return q, scale.float()
+        return u[:, 0::2] | (u[:, 1::2] << 4), scale.float()
+    return q, scale.squeeze(1).float()
 
 
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
@@ -30,15 +44,17 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Te
         lo = (q & 0xF).to(torch.int8) - 8
         hi = (q >> 4).to(torch.int8) - 8
         q = torch.stack([lo, hi], dim=2).flatten(1)
-    return q.float() * scale.unsqueeze(1)
+    scale = scale.reshape(q.shape[0], -1)
+    return q.float() * scale.repeat_interleave(q.shape[1] // scale.shape[1], 1)
 
 
 def stored_bytes(num_rows: int, hidden: int, quantization: str, dtype: torch.dtype) -> int:
-    """Bytes stage 1 reads per step: the centroid table at its real storage size, scales included."""
+    """Bytes stage 1 reads per step: the centroid table at its real storage size, 4 bytes per
+    scale (int4: torch's CPU kernel reads a bf16 scale and a bf16 zero per group)."""
     bits = BITS[quantization]
     if bits is None:
         return num_rows * hidden * torch.empty((), dtype=dtype).element_size()
-    return num_rows * hidden * bits // 8 + num_rows * 4
+    return num_rows * hidden * bits // 8 + num_rows * groups(hidden, bits) * 4
 
 
 class Stage1(torch.nn.Module):

@@ -26,6 +26,8 @@ from . import native
 from .step import pick
 
 _INT8_MM = getattr(torch, "_weight_int8pack_mm", None)
+_INT4_MM = getattr(torch, "_weight_int4pack_mm_for_cpu", None)
+_INT4_PACK = getattr(torch, "_convert_weight_to_int4pack_for_cpu", None)
 # Gathered rows per stage-2 chunk. Measured (Gemma-3-270M head, 8,144 rows, 2 threads, cold):
 # one gather + one product 4.7 ms; chunks of 128 / 256 / 512 / 1024 rows 4.3 / 3.7 / 3.4 / 3.4 ms.
 CHUNK_ROWS = 1024
@@ -47,7 +49,29 @@ def stage1(step, h: torch.Tensor) -> torch.Tensor:
         return native.i8_scores(st.q, st.scale, h, step.weight.threads)
     if st.bits == 8 and _INT8_MM is not None:
         return _INT8_MM(h.to(torch.bfloat16), st.q, st.scale_bf16).float()
+    if st.bits == 4 and _int4_packed(st) is not None:
+        packed, group, scales = st.cpu_int4
+        return _INT4_MM(h.to(torch.bfloat16), packed, group, scales)[:, : st.num_rows].float()
     return st(h)
+
+
+def _int4_packed(st):
+    """int4 centroids in the layout of torch's weight-only int4 CPU kernel
+    (`_weight_int4pack_mm_for_cpu`: nibbles 0..15 read as q + 8, a bf16 scale and zero per group
+    of 32-256 columns; here quant.py's scales and zero 0; rows padded to a multiple of 16 with zero
+    scales), made once per stage 1 and kept on it; None where torch lacks the kernel or the
+    table's groups are not a size it takes (one scale per row of another width)."""
+    if not hasattr(st, "cpu_int4"):
+        group = st.hidden // st.scale.reshape(st.num_rows, -1).shape[1]
+        st.cpu_int4 = None
+        if group in (32, 64, 128, 256) and _INT4_MM is not None and _INT4_PACK is not None:
+            rows = -(-st.num_rows // 16) * 16
+            nibbles = torch.full((rows, st.hidden), 8, dtype=torch.int32)                   # [K', d]
+            nibbles[: st.num_rows] = torch.stack([st.q & 0xF, st.q >> 4], 2).flatten(1)
+            scales = torch.zeros(st.hidden // group, rows, 2, dtype=torch.bfloat16)
+            scales[:, : st.num_rows, 0] = st.scale_bf16.reshape(st.num_rows, -1).T
+            st.cpu_int4 = (_INT4_PACK(nibbles, 2), group, scales)
+    return st.cpu_int4
 
 
 def probe(step, h: torch.Tensor):
@@ -95,10 +119,17 @@ def _probe(step, h: torch.Tensor):
     if n == 1:
         zu = step.masked(z.view(1, -1)[:, : utok.numel()], union)
         return (scores, *step.with_exact(h, utok.unsqueeze(0), zu))
-    slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
-    mine = z.view(chunks, n, per, cs)[slot // per, torch.arange(n).unsqueeze(1), slot % per]
-    mine = step.masked(mine.flatten(1), top)
+    mine = step.masked(_own(z.view(chunks, n, per, cs), used, top, per), top)
     return (scores, *step.with_exact(h, step.block_ids[top].flatten(1), mine))  # [N, P*cs(+F)]
+
+
+def _own(z: torch.Tensor, used: torch.Tensor, top: torch.Tensor, per: int | None = None) -> torch.Tensor:
+    """Each position's logits of its own probed clusters [N, P*cs], read off the logits of the
+    union of the step's clusters (ascending; `used` [K] marks them): z [N, U, cs], or
+    [chunks, N, per, cs] when the union was multiplied `per` clusters at a time."""
+    slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
+    rows = torch.arange(top.shape[0]).unsqueeze(1)
+    return (z[rows, slot] if per is None else z[slot // per, rows, slot % per]).flatten(1)
 
 
 def _native_bf16() -> bool:
@@ -128,9 +159,7 @@ def _bf16_stage2(step, h, top, used, union, utok):
                         out=step.buffer("bf16_z", (n, urow.numel()), torch.float32))
     if n == 1:
         return step.with_exact(h, utok.unsqueeze(0), step.masked(z, union))
-    slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
-    mine = z.view(n, -1, cs)[torch.arange(n).unsqueeze(1), slot]         # [N, P, cs]
-    return step.with_exact(h, step.block_ids[top].flatten(1), step.masked(mine.flatten(1), top))
+    return step.with_exact(h, step.block_ids[top].flatten(1), step.masked(_own(z.view(n, -1, cs), used, top), top))
 
 
 def _q8_stage2(step, h, top, used, union, utok):
@@ -147,11 +176,9 @@ def _q8_stage2(step, h, top, used, union, utok):
     if n == 1:
         tok = torch.cat([utok, step.exact_ids]) if step.exact_ids.numel() else utok
         return tok.unsqueeze(0), z
-    slot = torch.cumsum(used, 0)[top] - 1                                # [N, P] place in the union
-    mine = z[:, : utok.numel()].view(n, -1, cs)[torch.arange(n).unsqueeze(1), slot]   # [N, P, cs]
-    tok = step.block_ids[top].flatten(1)
-    return (torch.cat([tok, step.exact_ids.expand(n, -1)], 1),
-            torch.cat([mine.flatten(1), z[:, utok.numel():]], 1))
+    mine = _own(z[:, : utok.numel()].view(n, -1, cs), used, top)
+    return (torch.cat([step.block_ids[top].flatten(1), step.exact_ids.expand(n, -1)], 1),
+            torch.cat([mine, z[:, utok.numel():]], 1))
 
 
 def _q8_fused(step) -> bool:

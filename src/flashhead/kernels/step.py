@@ -57,6 +57,12 @@ class Step:
             buf = self.workspace[(name, dtype)] = torch.empty(numel, dtype=dtype, device=self.block_ids.device)
         return buf[:numel].view(shape)
 
+    def probed(self, scores: torch.Tensor):
+        """The clusters a step probes [N, P] (stage 1's best `probes`, unordered) and their token
+        ids [N, P*cs]."""
+        top = scores.topk(self.probes, dim=1, sorted=False).indices
+        return top, self.block_ids[top].flatten(1)
+
     def masked(self, z: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """A shard's exact logits z [N, B*cs] of the clusters `blocks` [N, B] (or [B], one
         position): -inf on slots whose token is on another shard. A whole head: z unchanged."""

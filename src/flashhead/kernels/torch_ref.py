@@ -19,8 +19,7 @@ def probe(step, h: torch.Tensor):
     """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs (+F)], exact logits z [N, P*cs (+F)]
     fp32 (F: the always-exact tokens, step.with_exact)."""
     scores = stage1(step, h)                                             # [N, K]
-    top = scores.topk(step.probes, dim=1, sorted=False).indices          # [N, P]
-    tok = step.block_ids[top].flatten(1)                                 # [N, P*cs]
+    top, tok = step.probed(scores)                                       # [N, P], [N, P*cs]
     rows = gather_rows(step.weight, step.block_rows[top].flatten()).view(*tok.shape, step.hidden)
     z = step.masked(torch.bmm(rows.float(), h.float().unsqueeze(2)).squeeze(2), top)   # [N, P*cs]
     return (scores, *step.with_exact(h, tok, z))
