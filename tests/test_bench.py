@@ -37,3 +37,25 @@ def test_bench_rejects_cuda_without_gpu(smollm2_flashhead_dir):
 
 def test_bandwidth_is_measured():
     assert 0.1 < bandwidth("cpu", mbytes=8, repeats=2) < 10_000
+
+
+def test_gpu_model_script_on_a_tiny_model(tmp_path):
+    """benchmarks/gpu_model.py (the GPU session's model-level decode and fit, issue 15) runs end to
+    end on the CPU with --tiny: the fit, a dense row and FlashHead rows at the fit's probes and at
+    256, eager (no CUDA graph on the CPU). Its timings mean nothing here; the GPU run times."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "gpu-model.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_model.py"), "--tiny", "--tokens", "16",
+                    "--batches", "1", "2", "--json", str(out)], check=True, cwd=root, capture_output=True)
+    r = json.loads(out.read_text())
+    assert r["fit"]["positions"] == 12288 and r["fit"]["held_out"] == 4096 and r["fit"]["probes"] >= 1
+    rows = r["decode"]
+    assert [x["batch"] for x in rows if x["head"] == "dense"] == [1, 2]
+    flash = [x for x in rows if x["head"] == "flashhead"]
+    assert {x["probes"] for x in flash} == {r["fit"]["probes"], 256} and len(flash) == 4
+    for x in rows:
+        assert x["mode"] == "eager" and x["steps"] == 8 and x["tokens_per_s"] > 0

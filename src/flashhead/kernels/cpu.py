@@ -1,5 +1,5 @@
-"""CPU kernel: the reference step with int8 stage 1 through torch's packed kernel, stage 2 over
-the batch's union of probed clusters in cache-sized chunks, preallocated workspaces, `out=`.
+"""CPU kernel: the reference step with int8 or int4 stage 1 through torch's packed kernels, stage 2
+over the batch's union of probed clusters in cache-sized chunks, preallocated workspaces, `out=`.
 
 Positions of a batch probe many of the same clusters (Gemma-3-270M, P=509, real text: 4 random
 positions probe 1,240 distinct clusters, not 2,036; 16 probe 2,359, not 8,144; 64 probe 3,826 of
@@ -40,7 +40,8 @@ def stage1(step, h: torch.Tensor) -> torch.Tensor:
     """Cluster scores [N, K] fp32. int8 centroids go through torch's packed weight-only int8
     kernel (`_weight_int8pack_mm`, bf16 activations and output: 0.33 vs 3.98 ms for fp32
     centroids, Gemma-3-270M, batch 1); its bf16 rounding left the dense top-1 recall unchanged
-    on held-out text (docs/KERNELS.md)."""
+    on held-out text (docs/KERNELS.md). int4 centroids likewise through the packed int4 kernel
+    (`_int4_packed`; docs/KERNELS.md, "int4 stage 1")."""
     st = step.stage1
     if st.bits == 8 and isinstance(step.weight, Q8Rows) and st.hidden % 32 == 0:
         # the llama.cpp path: int8 x int8 block dots in the native kernel (q8_0.c), on llama.cpp's
