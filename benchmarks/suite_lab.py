@@ -103,14 +103,18 @@ def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, s
 
 def needed(head, w, h, target: float = 0.995) -> dict:
     """The probes this build would need on these positions for `target` greedy agreement (the dense
-    top-1 token's cluster ranked within P by stage 1) and what that step reads (bf16 bytes)."""
+    top-1 token's cluster ranked within P by stage 1), what that step reads (bf16 bytes), and the
+    positions whose dense top-1 the build's own P leaves unprobed (`unprobed`: two builds scored on
+    the same positions are compared position by position, suite_report.py)."""
     from flashhead.fit import dense_top1_rank, smallest_probes
     from flashhead.metrics import cost
 
-    p = smallest_probes(dense_top1_rank(head, h, w), target)
+    ranks = dense_top1_rank(head, h, w)
+    p = smallest_probes(ranks, target)
     frac = cost(*w.shape, head.num_clusters, head.cluster_size, p, head.config.quantization,
                 torch.bfloat16)["bytes_fraction"]
-    return {"probes_for_995": p, "bytes_for_995": round(frac, 4)}
+    return {"probes_for_995": p, "bytes_for_995": round(frac, 4),
+            "unprobed": torch.nonzero(ranks >= head.probes).squeeze(1).tolist()}
 
 
 def main():

@@ -23,6 +23,19 @@ def row(r: dict) -> list[str]:
             f"{r['tv_distance']:.4f}", f"{ratio:.3f}", need]
 
 
+def sign_test(a: int, b: int) -> float:
+    """Two-sided sign test: the chance of a split at least this uneven of a + b discordant positions
+    if either side were as likely to miss."""
+    from math import comb
+
+    n = a + b
+    return 1.0 if n == 0 else min(1.0, 2 * sum(comb(n, k) for k in range(min(a, b) + 1)) / 2 ** n)
+
+
+def p_value(p: float) -> str:
+    return f"{p:.2f}" if p >= 0.01 else "< 0.01"
+
+
 def table(rows: list[list[str]], head: list[str]) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -59,6 +72,17 @@ def report(model: str) -> str:
                  for d in domains] for v in variants]
         out += [f"Greedy agreement by calibration, at P = {default[0]['probes']:,} (* in-domain):\n",
                 table(body, ["calibrated on"] + domains), ""]
+    paired = [(r, by["cosine"][r["domain"]]) for r in loo
+              if "unprobed" in r and "unprobed" in by.get("cosine", {}).get(r["domain"], {})]
+    if paired:
+        body = []
+        for r, c in paired:
+            mine, theirs = set(r["unprobed"]), set(c["unprobed"])
+            a, b = len(mine - theirs), len(theirs - mine)
+            body.append([r["domain"], f"{len(mine):,}", f"{len(theirs):,}", f"{a:,}", f"{b:,}", p_value(sign_test(a, b))])
+        out += ["Left out against uncalibrated, position by position (the dense top-1 token left unprobed "
+                "at the build's P; p: two-sided sign test on the positions only one of the two misses):\n",
+                table(body, ["domain", "left out misses", "uncalibrated misses", "only left out", "only uncalibrated", "p"]), ""]
     bos = [(r, by.get(r["variant"].split("@")[0], {}).get(r["domain"])) for r in rows if r["variant"].endswith("@starts0")]
     if bos:
         body = [[r["variant"].split("@")[0] + ", on " + r["domain"], f"{r['top1_agreement']:.2%} / {r['tv_distance']:.4f}",
