@@ -114,6 +114,26 @@ if amdahl.is_file():
     print(f"Machine: {rows[0]['machine']}.\n")
     print(amdahl_table(rows))
     print()
+int4 = sorted(glob.glob("docs/bench/int4-stage1-*.json"))
+if int4:
+    print("## int4 against int8 stage 1 at equal bytes (CPU, bf16 head, cold cache)\n")
+    print("`python benchmarks/int4_stage1.py DIR --json docs/bench/int4-stage1-MODEL.json` (DIR: a default int8 "
+          "build; the int4 head: the same clusters, the probes its smaller table leaves room for under the same "
+          "bytes cap). Fidelity of the same two heads per domain: docs/FIDELITY.md, \"int4 stage 1\".\n")
+    print("| model | batch | P int8 / int4 | stage 1 ms int8 / int4 | greedy step ms int8 / int4 | logits step ms int8 / int4 | machine |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for f in int4:
+        b = json.load(open(f))
+        m, p = b["machine"], b["probes"]
+        steps = {k: {r["batch"]: r for r in v} for k, v in b["steps"].items()}
+        for s1 in b["stage1"]:
+            n, a, c = s1["batch"], steps["int8"][s1["batch"]], steps["int4"][s1["batch"]]
+            print(f"| {Path(f).stem.removeprefix('int4-stage1-')} | {n} | {p['int8']:,} / {p['int4']:,} | "
+                  f"{s1['int8_packed_us'] / 1e3:.2f} / {s1['int4_packed_us'] / 1e3:.2f} | "
+                  f"{a['flashhead_greedy_us'] / 1e3:.2f} / {c['flashhead_greedy_us'] / 1e3:.2f} | "
+                  f"{a['flashhead_us'] / 1e3:.2f} / {c['flashhead_us'] / 1e3:.2f} | "
+                  f"{m['cpu']}, {m['threads']} threads, load {m['load_average'][0]:.1f} |")
+    print()
 print("## GPU (eager calls; kernel-level numbers in docs/KERNELS.md)\n")
 print("Head-level only, on the GPU machine, random weights and random hidden states (timing does not depend "
       "on the values; fidelity numbers of a random head would mean nothing), clustered on the GPU. Not "
