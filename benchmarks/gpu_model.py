@@ -80,16 +80,13 @@ def fit(model, device: str) -> tuple[object, dict]:
                    "positions": h.shape[0] - held, "held_out": held}
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 @torch.inference_mode()
 def decode(model, batch: int, tokens: int, device: str) -> dict:
     """Tokens/s of greedy decode, batch `batch`, static cache; the step in a CUDA graph when it
     captures (mode "graph"), else eager (mode "eager", with the reason)."""
     from transformers import StaticCache
+
+    from flashhead.bench import _sync
 
     cache = StaticCache(config=model.config, max_cache_len=PROMPT + tokens + 8)
     ids = torch.randint(model.config.vocab_size, (batch, PROMPT), device=device,

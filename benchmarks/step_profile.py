@@ -10,14 +10,12 @@ greedy pick. Random hidden state (the step's cost does not depend on its values 
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import torch
 
 from flashhead import FlashHead
-from flashhead.bench import FLUSH_BYTES
+from flashhead.bench import FLUSH_BYTES, _summary, timeit
 from flashhead.kernels import cpu, native
 from flashhead.layout import load_assets, read_head_weight
 
@@ -31,16 +29,8 @@ def main() -> None:
     h = (torch.randn(1, w.shape[1], generator=torch.Generator().manual_seed(0)) * 0.5).to(torch.bfloat16)
     flush = torch.empty(FLUSH_BYTES // 4)
 
-    def ms(fn, n=20):
-        for _ in range(3):
-            fn()
-        out = []
-        for i in range(n):
-            flush.fill_(i)
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-        return round(statistics.median(out) * 1e3, 3)
+    def ms(fn):
+        return round(_summary(timeit(fn, "cpu", 3, 20, flush))[0] / 1e3, 3)
 
     threads = torch.get_num_threads()
     scores = cpu.stage1(step, h)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .config import FlashHeadError
+
 BITS = {"none": None, "int8": 8, "int4": 4}
 INT4_GROUP = 64
 
@@ -33,7 +35,7 @@ def quantize_rows(c: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     q = torch.round(c / scale.repeat_interleave(d // g, 1)).clamp(-qmax, qmax).to(torch.int8)
     if bits == 4:
         if d % 2:
-            raise ValueError("int4 stage 1 needs an even hidden size")
+            raise FlashHeadError(f"int4 stage 1 needs an even hidden size, got {d}; build with --quantization int8")
         u = (q + 8).to(torch.uint8)                       # [0, 15]
         return u[:, 0::2] | (u[:, 1::2] << 4), scale.float()
     return q, scale.squeeze(1).float()
