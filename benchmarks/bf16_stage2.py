@@ -45,7 +45,7 @@ def main():
             with torch.inference_mode():
                 t["dense"] = timeit(lambda: torch.nn.functional.linear(h, w), "cpu", 3, 30, flush)
                 for native in (False, True):
-                    cpu._BF16_NATIVE = native
+                    cpu._NATIVE = native
                     t["native" if native else "fp32 copy"] = timeit(lambda: head(h), "cpu", 3, 30, flush)
                     t[("native" if native else "fp32 copy") + " stage 2"] = timeit(lambda: head.probe(h), "cpu", 3, 30, flush)
             ms = {k: statistics.median(v) * 1e3 for k, v in t.items()}

@@ -114,6 +114,26 @@ if amdahl.is_file():
     print(f"Machine: {rows[0]['machine']}.\n")
     print(amdahl_table(rows))
     print()
+    splits = sorted(glob.glob("docs/bench/decode-split-*.json"))
+    if splits:
+        print("Where a shortfall against `allowed` goes: the head timed inside `generate`, every decode step, dense "
+              "and FlashHead alternating in one process (`python benchmarks/decode_split.py DIR --dtype DTYPE "
+              "--repeats 12 --json docs/bench/decode-split-MODEL-DTYPE.json`; body = step - head; medians over "
+              "the runs). A body as fast with either head means the Amdahl row's gap is the step's run-to-run "
+              "spread (the table's step and head come from separate runs), not FlashHead's.\n")
+        print("| dir | dtype | step dense ms (spread) | head dense ms | body dense ms | step FlashHead ms (spread) | "
+              "head FlashHead ms | body FlashHead ms | body ratio | measured | allowed in the loop | machine |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for f in splits:
+            b = json.load(open(f))
+            d, fl, m = b["dense"], b["flashhead"], b["machine"]
+            spread = {k: (min(r["step_ms"] for r in v), max(r["step_ms"] for r in v)) for k, v in b["runs"].items()}
+            print(f"| {Path(b['dir']).name} | {b['dtype']} | {d['step_ms']:.1f} ({spread['dense'][0]:.0f}-"
+                  f"{spread['dense'][1]:.0f}) | {d['head_ms']:.2f} | {d['body_ms']:.1f} | {fl['step_ms']:.1f} "
+                  f"({spread['flashhead'][0]:.0f}-{spread['flashhead'][1]:.0f}) | {fl['head_ms']:.2f} | "
+                  f"{fl['body_ms']:.1f} | {fl['body_ms'] / d['body_ms']:.3f} | {b['speedup']:.2f}x | "
+                  f"{b['allowed']:.2f}x | {m['cpu']}, {m['threads']} threads, load {m['load_average'][0]:.1f} |")
+        print()
 int4 = sorted(glob.glob("docs/bench/int4-stage1-*.json"))
 if int4:
     print("## int4 against int8 stage 1 at equal bytes (CPU, bf16 head, cold cache)\n")

@@ -121,7 +121,7 @@ def main():
     from suite_data import load
 
     from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, balanced_kmeans
-    from flashhead.corpus import DOMAINS, SUITE
+    from flashhead.corpus import DOMAINS, LANGUAGES, SUITE
     from flashhead.evaluate import evaluate_hidden
     from flashhead.index import fingerprint
 
@@ -138,6 +138,9 @@ def main():
     p.add_argument("--quantization", default="int8", help="stage-1 storage of the builds (int8, the "
                    "default, or int4: the int8 build's clusters, its own probes at the bytes cap and "
                    "offsets); rows named VARIANT@int4")
+    p.add_argument("--breadth", action="store_true", help="also calibrate on corpus.LANGUAGES (Polish, "
+                   "Czech, Bulgarian, Chinese; their states collected by suite_data.py --domains ...); rows "
+                   "named VARIANT@breadth")
     p.add_argument("--json", default=None, help="write the rows here (docs/bench/suite-MODEL.json); "
                    "rows of variants not run this time are kept")
     a = p.parse_args()
@@ -145,7 +148,9 @@ def main():
     data = load(a.model)
     w = data["head"]
     suite = [d for d in SUITE if f"{d}/eval_h" in data]        # no chat for a base model
-    everything = [d for d in DOMAINS if f"{d}/cal_h" in data] + ["self"]
+    everything = [d for d in DOMAINS + (LANGUAGES if a.breadth else ()) if f"{d}/cal_h" in data] + ["self"]
+    if a.breadth and not set(LANGUAGES) <= set(everything):
+        raise SystemExit(f"--breadth: collect {', '.join(LANGUAGES)} first (suite_data.py {a.model} --domains ...)")
     plans = []
     for v in a.variants:
         if v == "suite":      # the default build: every source
@@ -167,6 +172,8 @@ def main():
         plans = [(f"{name}@batch{a.self_batch}", s, d) for name, s, d in plans]
     if a.quantization != "int8":
         plans = [(f"{name}@{a.quantization}", s, d) for name, s, d in plans]
+    if a.breadth:
+        plans = [(f"{name}@breadth", s, d) for name, s, d in plans]
     out = json.loads(Path(a.json).read_text()) if a.json and Path(a.json).is_file() else []
     names = {name for name, _, _ in plans}
     out = [r for r in out if r["variant"] not in names]

@@ -18,13 +18,26 @@ def _run(model, tok, **kw):
     return generate(model, tok, PROMPTS, max_new_tokens=kw.pop("max_new_tokens", 16), **kw)["token_ids"]
 
 
-def test_head_is_swapped_and_holds_one_copy(loaded):
+def test_head_is_swapped_and_shares_the_weight(loaded):
     model, _ = loaded
     head = model.lm_head
     assert isinstance(head, hf.FlashHeadLMHead)
     emb = model.get_input_embeddings().weight
-    # tied: the head, the embedding and FlashHead's stage-2 rows share one storage
+    # tied: the head, the embedding and FlashHead's weight share one storage; on the CPU FlashHead
+    # also keeps the rows in cluster order (one more head: head.py `arrange`)
     assert head.weight is emb and head.flashhead.weight.data_ptr() == emb.data_ptr()
+    assert head.flashhead.arranged_bytes == emb.numel() * emb.element_size()   # 49,152 = 3,072 x 16
+
+
+def test_rows_in_place_on_request(loaded, smollm2_flashhead_dir):
+    """`flash_head_arrange=False` (from_pretrained; `hf.load(..., arrange=False)`): no copy of the
+    rows, and the same logits and tokens."""
+    model, tok = loaded
+    plain, _ = hf.load(smollm2_flashhead_dir, arrange=False)
+    assert plain.lm_head.flashhead.arranged is None and plain.lm_head.flashhead.arranged_bytes == 0
+    h = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain.lm_head(h), model.lm_head(h))
+    assert _run(plain, tok) == _run(model, tok)
 
 
 def test_all_probes_greedy_equals_dense(loaded):

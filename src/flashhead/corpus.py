@@ -20,7 +20,9 @@ sentence: no document has text on both sides. Texts are a document's paragraphs 
 |         | template                          | copying allowed); answers: the model itself, dense, greedy  |
 
 Not in the suite, calibration only (`EXTRA`): Spanish and Italian fortunes (Debian `fortunes-es`,
-GPL-2+; `fortunes-it`, GPL-2+).
+GPL-2+; `fortunes-it`, GPL-2+). Installed for breadth experiments (`LANGUAGES`, not calibrated on by
+default, docs/FIDELITY.md): Polish (`fortunes-pl`, GPL-2+), Czech (`fortunes-cs`, GPL), Bulgarian
+(`fortunes-bg`, GPL-1+, Cyrillic) and Chinese (`fortunes-zh`: fortunes, Tang and Song poems, GPL-3+).
 `scripts/setup.sh` installs the Debian packages.
 """
 from __future__ import annotations
@@ -40,9 +42,15 @@ FILES = ["literature", "wisdom", "people", "science", "education", "politics", "
 SPLITS = ("eval", "calibration")
 SUITE = ("prose", "docs", "code", "legal", "german", "russian", "chat")
 EXTRA = ("spanish", "italian")
+LANGUAGES = ("polish", "czech", "bulgarian", "chinese")
 DOMAINS = SUITE + EXTRA
 PACKAGES = {"prose": "fortunes fortunes-min", "german": "fortunes-de", "russian": "fortunes-ru",
-            "spanish": "fortunes-es", "italian": "fortunes-it", "chat": "debian-faq"}
+            "spanish": "fortunes-es", "italian": "fortunes-it", "chat": "debian-faq", "polish": "fortunes-pl",
+            "czech": "fortunes-cs", "bulgarian": "fortunes-bg", "chinese": "fortunes-zh"}
+# fortunes collections in a folder of their own (every file), or named files of the top folder
+FORTUNE_FOLDERS = {"german": "de", "russian": "ru", "spanish": "es", "italian": "it", "polish": "pl",
+                   "czech": "cs", "bulgarian": "bg"}
+CHINESE = ["chinese", "tang300", "song100"]
 MIN_CHARS = 80          # shorter texts carry too few positions to be worth a forward pass
 CHUNK_CHARS = 1200      # code and long paragraphs: cut into chunks of about this size
 
@@ -56,6 +64,7 @@ def _in_split(name: str, split: str) -> bool:
 def _fortune_entries(path: Path) -> list[str]:
     raw = path.read_bytes().decode("utf-8", errors="replace")
     raw = re.sub(r".\x08", "", raw)  # overstrike (bold/underline) sequences
+    raw = re.sub(r"\x1b\[[0-9;]*m", "", raw)  # terminal colours (fortunes-zh)
     return [t for t in (" ".join(e.split()) for e in re.split(r"^%\s*$", raw, flags=re.M)) if len(t) >= MIN_CHARS]
 
 
@@ -63,10 +72,11 @@ def _fortunes(folder: Path, names: list[str] | None, package: str) -> list[tuple
     """Documents of a fortunes collection: one per entry (an entry is a whole quotation or poem)."""
     if not folder.is_dir():
         raise FlashHeadError(f"no text at {folder}: install Debian's {package} (apt-get install {package})")
-    if names is None:  # UTF-8 copies (.u8) where the package ships them, else the file itself
+    if names is None:  # UTF-8 copies (.u8) where the package ships them (fortunes-pl's are empty), else the file
         stems = sorted({p.name.removesuffix(".u8") for p in folder.iterdir()
                         if p.is_file() and p.suffix != ".dat"})
-        paths = [folder / (s + ".u8") if (folder / (s + ".u8")).is_file() else folder / s for s in stems]
+        paths = [folder / (s + ".u8") if (folder / (s + ".u8")).is_file() and (folder / (s + ".u8")).stat().st_size
+                 else folder / s for s in stems]
     else:
         paths = [folder / n for n in names if (folder / n).is_file()]
     return [(t, [t]) for p in paths for t in _fortune_entries(p)]
@@ -155,16 +165,20 @@ def documents(domain: str) -> list[tuple[str, list[str]]]:
 def _documents(domain: str) -> list[tuple[str, list[str]]]:
     if domain == "prose":
         return _fortunes(FORTUNES_DIR, FILES, PACKAGES["prose"])
-    if domain in ("german", "russian", "spanish", "italian"):
-        sub = {"german": "de", "russian": "ru", "spanish": "es", "italian": "it"}[domain]
-        return _fortunes(FORTUNES_DIR / sub, None, PACKAGES[domain])
+    if domain in FORTUNE_FOLDERS:
+        return _fortunes(FORTUNES_DIR / FORTUNE_FOLDERS[domain], None, PACKAGES[domain])
+    if domain == "chinese":
+        if not (FORTUNES_DIR / CHINESE[0]).is_file():
+            raise FlashHeadError(f"no text at {FORTUNES_DIR / CHINESE[0]}: install Debian's fortunes-zh "
+                                 "(apt-get install fortunes-zh)")
+        return _fortunes(FORTUNES_DIR, CHINESE, PACKAGES[domain])
     if domain == "docs":
         return _docs()
     if domain == "code":
         return _code()
     if domain == "legal":
         return _legal()
-    raise FlashHeadError(f"unknown text domain {domain!r}: choose one of {', '.join(DOMAINS)}")
+    raise FlashHeadError(f"unknown text domain {domain!r}: choose one of {', '.join(DOMAINS + LANGUAGES)}")
 
 
 def load(split: str = "eval", domain: str = "prose") -> list[str]:

@@ -6,8 +6,11 @@ is routed once by the head's dense rule (dense_rule.py) and otherwise runs one d
 on the kernel resolved for its device (kernels/__init__.py). Stage-1 vectors are the members'
 usage-weighted means (calibrate.py): s_k is the mean logit of the cluster's likely tokens.
 
-The head weight W is the model's own tensor (held by reference, never copied); the module adds
-centroids, block ids and the estimate tables: a few percent of W.
+The head weight W is the model's own tensor (held by reference); the module adds centroids, block
+ids and the estimate tables: a few percent of W. On the CPU it also keeps a copy of W's rows in
+cluster order (`arrange`: one more W): a cluster's rows lie scattered over the model's tensor, and
+reading them in place costs a cache and TLB miss per row, about twice the time of reading the same
+bytes in runs (docs/KERNELS.md, "Rows in cluster order"). `arrange=False` reads them in place.
 """
 from __future__ import annotations
 
@@ -32,11 +35,17 @@ _PATHS = {Kernel.TORCH: torch_ref, Kernel.CPU: cpu, Kernel.TRITON: triton_path}
 class FlashHead(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, index: ClusterIndex, probes: int | None = None,
                  check_fingerprint: bool = True, kernel: Kernel | str = Kernel.AUTO,
-                 vocab_range: tuple[int, int] | None = None, means: torch.Tensor | None = None):
+                 vocab_range: tuple[int, int] | None = None, means: torch.Tensor | None = None,
+                 arrange: bool | None = None):
         """`vocab_range=(start, end)`: a tensor-parallel shard (shard.py): `weight` holds the rows
         of tokens [start, end) only, logits come from `shard_logits`/`shard_top`; the caller checks
         the fingerprint on the whole head and, for a cosine index, passes the members' `means`
-        [K, d] of the whole head."""
+        [K, d] of the whole head.
+
+        `arrange`: keep a copy of the head's rows in cluster order for the CPU kernel's stage 2
+        (taken here: a weight changed in place later is not seen by it); None = a whole head on
+        the CPU (`should_arrange`); a shard, a GPU head or a Q8_0 head is not arranged here
+        (Q8Rows.arrange is the llama.cpp path's)."""
         super().__init__()
         from .index import check_fingerprint as _check
 
@@ -80,6 +89,12 @@ class FlashHead(torch.nn.Module):
         self.register_buffer("assignments", assignments.to(weight.device), persistent=False)
         self.register_buffer("offsets", offsets.float().to(weight.device), persistent=False)  # [V]
         self.register_buffer("exact_ids", exact.to(weight.device), persistent=False)            # [F]
+        arrange = should_arrange(weight, vocab_range) if arrange is None else arrange
+        if arrange and (vocab_range is not None or not isinstance(weight, torch.Tensor)
+                        or weight.device.type != "cpu"):
+            raise FlashHeadError("arrange=True needs a whole head (no vocab_range) held as a CPU tensor")
+        self.register_buffer("arranged", weight.index_select(0, ids.flatten()) if arrange else None,
+                             persistent=False)                                           # [K*cs, d]
         # their rows, gathered once (the steps multiply by them; fp32 like every exact logit)
         self.register_buffer("exact_rows", gather_rows(weight, self.exact_ids).float(), persistent=False)
         cosine = index.config.stage1 == "cosine"        # published layout: rank by cosine (config.py)
@@ -101,7 +116,8 @@ class FlashHead(torch.nn.Module):
 
     def _make_step(self, probes: int) -> Step:
         return Step(self.weight, self.stage1, self.block_ids, self.assignments, self.offsets,
-                    self.exact_ids, self.exact_rows, probes, self.estimate, self.block_rows, self.slot_bias)
+                    self.exact_ids, self.exact_rows, probes, self.estimate, self.block_rows, self.slot_bias,
+                    self.arranged)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)       # buffers moved or cast: the step refers to the new ones
@@ -145,10 +161,17 @@ class FlashHead(torch.nn.Module):
     def dense_above(self, above: float | None) -> None:
         self.rule.above = above
 
+    @property
+    def arranged_bytes(self) -> int:
+        """Bytes of the cluster-ordered copy of the head's rows (0: read in place)."""
+        a = self.arranged
+        return 0 if a is None else a.numel() * a.element_size()
+
     def extra_repr(self) -> str:
         return (f"vocab={self.vocab}, hidden={self.hidden}, clusters={self.num_clusters}, "
                 f"cluster_size={self.cluster_size}, probes={self.probes}, "
-                f"quantization={self.config.quantization}, exact_tokens={self.exact_ids.numel()}")
+                f"quantization={self.config.quantization}, exact_tokens={self.exact_ids.numel()}, "
+                f"arranged={self.arranged is not None}")
 
     # ---- the step ------------------------------------------------------------------------------
 
@@ -272,6 +295,15 @@ class FlashHead(torch.nn.Module):
             return fn(self.step, h)
         key = (fn, h.shape[0], h.dtype, self.probes, self._resolved)
         return self._graphs.run(key, lambda x: fn(self.step, x), h)
+
+
+def should_arrange(weight, vocab_range=None) -> bool:
+    """Whether FlashHead keeps the head's rows in cluster order by default: a whole head held as a
+    CPU tensor, bf16 or fp32. Gemma-3-270M (P = 1,532, batch 1, cold, the 2-core AVX2 host), the
+    logits step in place -> arranged: bf16 16.6 -> 9.3 ms on one thread, 8.0 -> 5.4 on two; fp32
+    33.3 -> 19.4 and 19.1 -> 13.3 (benchmarks/step_profile.py, docs/KERNELS.md). The price is one more copy of the
+    head (logged by the integrations); `arrange=False` reads the rows in place."""
+    return vocab_range is None and isinstance(weight, torch.Tensor) and weight.device.type == "cpu"
 
 
 def member_means(weight, assignments: torch.Tensor, k: int, chunk: int = 32768) -> torch.Tensor:

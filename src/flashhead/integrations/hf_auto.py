@@ -22,6 +22,8 @@ from ..layout import ARCH_PREFIX, BASE_TYPE_KEY, CACHE_KEY, TYPE_PREFIX
 
 EAGER = ("llama", "gemma3_text", "qwen3")   # the families tested (Llama, Gemma3, Qwen3)
 PROBES_KEY = "flash_head_probes"   # as in the vLLM plugin: from_pretrained(dir, flash_head_probes=64)
+# False: stage 2 reads the head's rows in place, no cluster-ordered copy (head.py `arrange`)
+ARRANGE_KEY = "flash_head_arrange"
 _classes: dict[str, tuple[type, type]] = {}
 
 
@@ -64,11 +66,13 @@ def _from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
     from ..layout import PUBLISHED_PROBES, load_assets
 
     probes = kwargs.pop(PROBES_KEY, None)
+    arrange = kwargs.pop(ARRANGE_KEY, None)
     model = _dense_base(cls).from_pretrained.__func__(cls, pretrained_model_name_or_path, *args, **kwargs)
     assets = _assets(pretrained_model_name_or_path, model.config, kwargs)
     index = load_assets(assets.parent) if Path(pretrained_model_name_or_path).is_dir() else \
         ClusterIndex.load(assets, getattr(model.config, PUBLISHED_PROBES, None))
-    apply(model, index, probes if probes is not None else getattr(model.config, PROBES_KEY, None))
+    apply(model, index, probes if probes is not None else getattr(model.config, PROBES_KEY, None),
+          arrange if arrange is not None else getattr(model.config, ARRANGE_KEY, None))
     model._flash_head_assets = assets
     if getattr(model.config, BASE_TYPE_KEY, None) is None:   # a directory built before the key
         setattr(model.config, BASE_TYPE_KEY, _dense_base(cls).config_class.model_type)

@@ -5,8 +5,12 @@
    (twice the bytes, a second pass). Here each bf16 value is widened to fp32 exactly (its 16 bits
    shifted up) inside the product, so the logits are the fp32 products of the rows as stored:
 
-   fh_bf16_dot  z[i, r] = row(ids[r]) . h[i] for the probed rows only, fp32 multiply-adds, the rows
+   fh_bf16_dot  z[i, r] = row(r) . h[i] for the probed rows only, fp32 multiply-adds, the rows
                 gathered by id inside the loop (no copy), each row read once for all n states.
+                run = 1: row(r) = w[ids[r]] (the model's rows, read in place, scattered over the
+                whole tensor); run = cs: ids name runs of cs consecutive rows, row(r) =
+                w[ids[r / cs] * cs + r % cs] (the rows kept in cluster order, FlashHead's `arrange`:
+                a probed cluster is one contiguous run, read at about twice the rate).
 
    Summation order: 16 partial sums (two AVX2 vectors), then added pairwise; the fp32 path sums in
    MKL's order. Both are fp32 dots of the same operands (tests/test_kernels.py states the tolerance).
@@ -60,18 +64,21 @@ static void dot4(const uint16_t *w, const float *h, int64_t d, int64_t m, float 
 #endif
 }
 
-/* z [n, R] row-major; h [n, d] fp32 row-major; ids [R]; w [*, ld] bf16 (ld >= d, in elements). */
-void fh_bf16_dot(const uint16_t *w, int64_t ld, const int64_t *ids, int64_t R, const float *h,
+/* z [n, R] row-major; h [n, d] fp32 row-major; ids [R / run]; w [*, ld] bf16 (ld >= d, in elements). */
+void fh_bf16_dot(const uint16_t *w, int64_t ld, const int64_t *ids, int64_t R, int64_t run, const float *h,
                  int64_t n, int64_t d, float *z, int32_t threads) {
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < R; r++) {
 #ifdef FH_AVX2
-        if (r + 4 < R) {   /* the row after next: random rows defeat the hardware prefetcher */
-            const char *next = (const char *)(w + ids[r + 4] * ld);
+        /* the row 4 ahead when rows are scattered (the hardware prefetcher does not follow them);
+           in runs, the next run's first row, at the start of each run */
+        const int64_t ahead = run == 1 ? r + 4 : (r % run == 0 ? r + run : R);
+        if (ahead < R) {
+            const char *next = (const char *)(w + (ids[ahead / run] * run + ahead % run) * ld);
             for (int64_t b = 0; b < d * 2; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
         }
 #endif
-        const uint16_t *row = w + ids[r] * ld;
+        const uint16_t *row = w + (ids[r / run] * run + r % run) * ld;
         for (int64_t i = 0; i < n; i += 4)
             dot4(row, h + i * d, d, n - i < 4 ? n - i : 4, z + i * R + r, R);
     }

@@ -37,17 +37,23 @@ WIDE_BATCH = 16
 
 
 def stage1(step, h: torch.Tensor) -> torch.Tensor:
-    """Cluster scores [N, K] fp32. int8 centroids go through torch's packed weight-only int8
-    kernel (`_weight_int8pack_mm`, bf16 activations and output: 0.33 vs 3.98 ms for fp32
-    centroids, Gemma-3-270M, batch 1); its bf16 rounding left the dense top-1 recall unchanged
-    on held-out text (docs/KERNELS.md). int4 centroids likewise through the packed int4 kernel
-    (`_int4_packed`; docs/KERNELS.md, "int4 stage 1")."""
+    """Cluster scores [N, K] fp32. int8 centroids: bf16 activations and output, the arithmetic of
+    torch's packed weight-only int8 kernel (`_weight_int8pack_mm`: 0.33 vs 3.98 ms for fp32
+    centroids, Gemma-3-270M, batch 1; its bf16 rounding left the dense top-1 recall unchanged on
+    held-out text, docs/KERNELS.md), run by the native kernel (i8_stage1.c) where there is one,
+    else by torch's. int4 centroids through torch's packed int4 kernel (`_int4_packed`;
+    docs/KERNELS.md, "int4 stage 1")."""
     st = step.stage1
     if st.bits == 8 and isinstance(step.weight, Q8Rows) and st.hidden % 32 == 0:
         # the llama.cpp path: int8 x int8 block dots in the native kernel (q8_0.c), on llama.cpp's
         # OpenMP threads (Gemma's 16,384 centroids on the 2-core AVX2 host, warm / cold: torch's
         # int8 kernel 1.52 / 2.32 ms, this one 0.41 / 1.03 ms; benchmarks/q8_step.py)
         return native.i8_scores(st.q, st.scale, h, step.weight.threads)
+    if st.bits == 8 and _native():
+        # torch's arithmetic, the table read at the memory's rate (i8_stage1.c). Gemma-3-270M's
+        # 16,384 x 640 table, cold, ms, torch's kernel / this one: one thread 3.6 / 1.9 (batch 1),
+        # 22.0 / 10.9 (16), 86.3 / 50.7 (64); two threads 2.2 / 1.3, 11.0 / 6.6, 40.6 / 30.1
+        return native.i8_scores_bf16(st.q, st.scale_bf16, h, torch.get_num_threads())
     if st.bits == 8 and _INT8_MM is not None:
         return _INT8_MM(h.to(torch.bfloat16), st.q, st.scale_bf16).float()
     if st.bits == 4 and _int4_packed(st) is not None:
@@ -99,19 +105,23 @@ def _probe(step, h: torch.Tensor):
     utok = step.block_ids[union].flatten()                               # [U*cs]
     if isinstance(step.weight, Q8Rows):      # GGUF Q8_0 rows, read in place by the native kernel
         return (scores, *_q8_stage2(step, h, top, used, union, utok))
-    if step.weight.dtype == torch.bfloat16 and _native_bf16():
+    src = step.weight if step.arranged is None else step.arranged
+    if src.dtype == torch.bfloat16 and _native():
         return (scores, *_bf16_stage2(step, h, top, used, union, utok))
-    urow = step.block_rows[union].flatten()  # = utok, except on a vocabulary shard (shard.py)
+    if step.arranged is None:                # the model's rows: = utok, except on a shard (shard.py)
+        urow = step.block_rows[union].flatten()
+    else:                                    # cluster order: the union's clusters are runs of rows
+        urow = (union.unsqueeze(1) * cs + torch.arange(cs)).flatten()
     per = max(1, CHUNK_ROWS // cs)                                       # clusters per chunk
     chunks = -(-union.numel() // per)
     z = step.buffer("z", (chunks, n, per * cs), torch.float32)         # logits of the union
-    rows = step.buffer("rows", (per * cs, step.hidden), step.weight.dtype)
+    rows = step.buffer("rows", (per * cs, step.hidden), src.dtype)
     rows32 = rows if rows.dtype == torch.float32 else step.buffer("rows32", rows.shape, torch.float32)
     wide = step.buffer("wide", (per * cs, n), torch.float32) if n >= WIDE_BATCH else None
     hf = h.float()
     for j in range(chunks):
         t = urow[j * per * cs:(j + 1) * per * cs]
-        r = torch.index_select(step.weight, 0, t, out=rows[: t.numel()])
+        r = torch.index_select(src, 0, t, out=rows[: t.numel()])
         r = rows32[: t.numel()].copy_(r) if r.dtype != torch.float32 else r   # fp32 products
         if wide is None:
             torch.mm(hf, r.t(), out=z[j, :, : t.numel()])
@@ -133,21 +143,23 @@ def _own(z: torch.Tensor, used: torch.Tensor, top: torch.Tensor, per: int | None
     return (z[rows, slot] if per is None else z[slot // per, rows, slot % per]).flatten(1)
 
 
-def _native_bf16() -> bool:
-    """Whether the native bf16 stage 2 (bf16_rows.c) is here: compiled on first use; without a C
-    compiler the step copies the rows to fp32 instead (same logits, slower), said once."""
-    global _BF16_NATIVE
-    if _BF16_NATIVE is None:
+def _native() -> bool:
+    """Whether the native kernels (native.py: bf16 stage 2, int8 stage 1 at decode batches) are
+    here: compiled on first use; without a C compiler the step runs torch's ops instead (stage 2
+    copies bf16 rows to fp32: same logits, slower), said once."""
+    global _NATIVE
+    if _NATIVE is None:
         try:
             native.library()
-            _BF16_NATIVE = True
+            _NATIVE = True
         except FlashHeadError as e:
-            logging.getLogger("flashhead").warning("bf16 head rows: %s; stage 2 copies the rows to fp32", e)
-            _BF16_NATIVE = False
-    return _BF16_NATIVE
+            logging.getLogger("flashhead").warning("%s; the CPU kernel runs torch's ops instead "
+                                                   "(bf16 rows copied to fp32: slower)", e)
+            _NATIVE = False
+    return _NATIVE
 
 
-_BF16_NATIVE = None
+_NATIVE = None
 
 
 def _bf16_stage2(step, h, top, used, union, utok):
@@ -155,9 +167,11 @@ def _bf16_stage2(step, h, top, used, union, utok):
     widened to fp32 inside the product (bf16_rows.c), so the logits are fp32 products as in TORCH
     (timings against the fp32 copy: docs/KERNELS.md, benchmarks/bf16_stage2.py)."""
     n, cs = h.shape[0], step.cluster_size
-    urow = step.block_rows[union].flatten()
-    z = native.bf16_dot(step.weight, urow, h, torch.get_num_threads(),
-                        out=step.buffer("bf16_z", (n, urow.numel()), torch.float32))
+    out = step.buffer("bf16_z", (n, union.numel() * cs), torch.float32)
+    if step.arranged is None:                # the model's rows, scattered: one id per row
+        z = native.bf16_dot(step.weight, step.block_rows[union].flatten(), h, torch.get_num_threads(), out=out)
+    else:                                    # cluster order: one run of cs rows per cluster
+        z = native.bf16_dot(step.arranged, union, h, torch.get_num_threads(), out=out, run=cs)
     if n == 1:
         return step.with_exact(h, utok.unsqueeze(0), step.masked(z, union))
     return step.with_exact(h, step.block_ids[top].flatten(1), step.masked(_own(z.view(n, -1, cs), used, top), top))

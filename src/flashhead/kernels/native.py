@@ -1,5 +1,6 @@
-"""The native helpers in q8_0.c (GGUF Q8_0 rows, int8 stage 1) and bf16_rows.c (stage 2 on bf16
-rows): compiled once per machine with the system C compiler into one library, loaded by ctypes.
+"""The native helpers in q8_0.c (GGUF Q8_0 rows, int8 stage 1 as llama.cpp multiplies), bf16_rows.c
+(stage 2 on bf16 rows) and i8_stage1.c (int8 stage 1 at decode batches, torch's arithmetic):
+compiled once per machine with the system C compiler into one library, loaded by ctypes.
 
 Compiled on first use (about a second) into the cache (`$FLASHHEAD_CACHE/native/`, keyed by the
 sources' hash and the machine), with `-O3 -march=native -fopenmp`, so the loops use the CPU's
@@ -16,9 +17,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 from ..config import FlashHeadError
 
-SOURCES = [Path(__file__).with_name(n) for n in ("q8_0.c", "bf16_rows.c")]
+SOURCES = [Path(__file__).with_name(n) for n in ("q8_0.c", "bf16_rows.c", "i8_stage1.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-lm"]
 _lib = None
 
@@ -63,17 +66,18 @@ def library() -> ctypes.CDLL:
     lib.fh_q8_step.argtypes = [ptr, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr, i64, i64,
                                ptr, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr, ptr, ptr]
     lib.fh_q8_step.restype = None
-    lib.fh_bf16_dot.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int32]
+    lib.fh_bf16_dot.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr, ctypes.c_int32]
     lib.fh_bf16_dot.restype = None
+    lib.fh_i8_scores_bf16.argtypes = [ptr, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int32]
+    lib.fh_i8_scores_bf16.restype = None
     _lib = lib
     return lib
 
 
+@torch.compiler.disable   # a ctypes call: torch.compile would pass it pointers into a traced graph
 def i8_scores(q, scale, h, threads: int):
     """Stage-1 scores [N, K] fp32 from int8 centroids q [K, d] and per-row scales [K] (quant.py),
     h quantized to int8 blocks of 32 as llama.cpp quantizes activations (q8_0.c fh_i8_scores)."""
-    import torch
-
     h = h.float().contiguous()
     out = torch.empty(h.shape[0], q.shape[0])
     library().fh_i8_scores(q.data_ptr(), scale.data_ptr(), q.shape[0], h.data_ptr(), h.shape[0],
@@ -81,14 +85,28 @@ def i8_scores(q, scale, h, threads: int):
     return out
 
 
-def bf16_dot(weight, ids, h, threads: int, out=None):
-    """Exact logits z [N, R] fp32 of the bf16 rows `weight[ids]` (weight [V, d] bf16, unit stride
-    along d; ids [R] int64) against h [N, d]: fp32 products of the rows as stored (bf16_rows.c)."""
-    import torch
+@torch.compiler.disable   # a ctypes call: torch.compile would pass it pointers into a traced graph
+def i8_scores_bf16(q, scale, h, threads: int, out=None):
+    """Stage-1 scores [N, K] fp32 (bf16 values) from int8 centroids q [K, d] and per-row scales [K]
+    (quant.py, bf16 values), h rounded to bf16: torch's `_weight_int8pack_mm` arithmetic
+    (i8_stage1.c)."""
+    h = h.to(torch.bfloat16).float().contiguous()
+    scale = scale.to(torch.bfloat16).float().contiguous()
+    out = torch.empty(h.shape[0], q.shape[0]) if out is None else out
+    library().fh_i8_scores_bf16(q.data_ptr(), scale.data_ptr(), q.shape[0], h.data_ptr(), h.shape[0],
+                                h.shape[1], out.data_ptr(), threads)
+    return out
 
+
+@torch.compiler.disable   # a ctypes call: torch.compile would pass it pointers into a traced graph
+def bf16_dot(weight, ids, h, threads: int, out=None, run: int = 1):
+    """Exact logits z [N, R] fp32 of bf16 rows (weight [*, d] bf16, unit stride along d) against
+    h [N, d]: fp32 products of the rows as stored (bf16_rows.c). run = 1: the rows `weight[ids]`
+    (ids [R] int64); run = cs: ids [R / cs] name runs of cs rows, `weight[ids * cs + j]`."""
     h = h.float().contiguous()
     ids = ids.contiguous()
-    z = torch.empty(h.shape[0], ids.numel()) if out is None else out
-    library().fh_bf16_dot(weight.data_ptr(), weight.stride(0), ids.data_ptr(), ids.numel(), h.data_ptr(),
+    rows = ids.numel() * run
+    z = torch.empty(h.shape[0], rows) if out is None else out
+    library().fh_bf16_dot(weight.data_ptr(), weight.stride(0), ids.data_ptr(), rows, run, h.data_ptr(),
                           h.shape[0], h.shape[1], z.data_ptr(), threads)
     return z

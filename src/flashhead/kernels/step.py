@@ -23,8 +23,11 @@ def pick(tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 class Step:
     def __init__(self, weight, stage1, block_ids, assignments, offsets, exact_ids, exact_rows,
-                 probes: int, estimate=None, block_rows=None, slot_bias=None):
+                 probes: int, estimate=None, block_rows=None, slot_bias=None, arranged=None):
         self.weight = weight                  # [V, d] the model's head (a tensor or q8rows.Q8Rows)
+        # None, or a copy of the head's rows in cluster order [K*cs, d] (cluster k: rows k*cs...):
+        # the CPU kernel's stage 2 then reads each probed cluster as one run (FlashHead's `arrange`)
+        self.arranged = arranged
         self.stage1 = stage1                  # quant.Stage1: h -> [N, K] fp32
         self.block_ids = block_ids            # [K, cs] token ids of each cluster
         self.assignments = assignments        # [V] cluster of each token

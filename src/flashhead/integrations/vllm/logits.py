@@ -7,7 +7,9 @@ loaded (and validated) there, so bad assets stop the engine from starting. The F
 built on the first call, once vLLM has loaded the weights (the fingerprint is checked at
 construction against the weight file, so assets of another model also stop the start), over the
 lm_head's own weight tensor: rows [:org_vocab_size] of vLLM's (possibly padded)
-VocabParallelEmbedding, a view, no copy.
+VocabParallelEmbedding, a view; on the CPU with one rank it also keeps a copy of those rows in
+cluster order (head.py `arrange`: stage 2 about twice as fast, one more head in memory, logged;
+`hf_overrides={"flash_head_arrange": False}` reads the rows in place).
 
 Tensor parallelism: each rank holds vLLM's vocabulary shard of the head (contiguous token ids,
 padded; `lm_head.shard_indices`) and builds a FlashHead over its own rows (`vocab_range`, shard.py):
@@ -68,13 +70,15 @@ if not _version_ok(_vllm_version):
     logger.warning_once("flashhead's vLLM plugin is tested with vllm%s; this is vLLM %s (its API "
                         "checks passed)", SUPPORTED, _vllm_version)
 PROBES_KEY = "flash_head_probes"   # optional override, e.g. LLM(..., hf_overrides={PROBES_KEY: 64})
+ARRANGE_KEY = "flash_head_arrange"   # hf_overrides={ARRANGE_KEY: False}: no cluster-ordered copy
 ENV_ENABLED = "FLASHHEAD_ENABLED"
 # The dense rule's crossover against vLLM's dense head (fraction of V in stage-2 rows per step).
 # CPU bf16, end to end, the rule off (docs/VLLM.md). With bf16 instructions (AVX512-BF16, the earlier
 # host, stage 2 copying rows to fp32): Gemma-3-270M 1.11x at 0.25 V (batch 8), 1.12x at 0.50 V;
 # SmolLM2 1.00x at 0.23 V (batch 2), 0.84x at 0.46 V (batch 4) -> 0.25. Without (AVX2, native bf16
-# stage 2): Gemma-3-270M 1.74x / 2.02x / 1.94x at 0.30 / 0.60 / 1.2 V (batch 4 / 8 / 16); SmolLM2
-# 0.95x / 0.99x / 1.07x at 0.37 / 0.75 / 1.5 V -> 1.5 (batches past 16 not measured).
+# stage 2 on the rows in cluster order, one-pass int8 stage 1): Gemma-3-270M 1.66x / 1.75x / 1.91x
+# at 0.37 / 0.75 / 1.5 V (batch 4 / 8 / 16); SmolLM2 1.16x / 1.11x / 1.13x at the same fractions
+# -> 1.5 (batches past 16 not measured).
 # CUDA from the eager H200 head timings (docs/KERNELS.md), not measured inside vLLM.
 CROSSOVER = {"cpu": 0.25, "cpu/bfloat16": 1.5, "cpu/bfloat16/avx512_bf16": 0.25, "cuda": 0.25}
 
@@ -109,13 +113,14 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
         finally:
             torch.set_default_dtype(prev)
         self._probes = getattr(hf, PROBES_KEY, None)
+        self._arrange = getattr(hf, ARRANGE_KEY, None)
 
     def _build(self, lm_head, embedding_bias) -> FlashHead:
         if embedding_bias is not None:
             raise FlashHeadError("FlashHead does not support an output head with a bias")
         if lm_head.tp_size == 1:
             weight = lm_head.weight.detach()[: self.org_vocab_size]   # [V, d] view of vLLM's tensor
-            head = FlashHead(weight, self._index, self._probes)
+            head = FlashHead(weight, self._index, self._probes, arrange=self._arrange)
             shard = ""
         else:   # this rank's tokens [start, end): the first rows of its (padded) partition
             start = lm_head.shard_indices.org_vocab_start_index
@@ -126,9 +131,11 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
             shard = f" shard=[{start}, {end}) of {lm_head.tp_size} ranks"
         head.rule = DenseRule.measured(CROSSOVER, weight, logger)
         logger.info("FlashHead: model=%s vocab=%d clusters(K)=%d cluster_size=%d probes=%d "
-                    "quantization=%s kernel=%s dtype=%s dense above %s of V per step%s", self._model,
+                    "quantization=%s kernel=%s dtype=%s dense above %s of V per step "
+                    "rows in cluster order=%s%s", self._model,
                     head.full_vocab, head.num_clusters, head.cluster_size, head.probes,
-                    head.config.quantization, head._resolved.name, weight.dtype, head.dense_above, shard)
+                    head.config.quantization, head._resolved.name, weight.dtype, head.dense_above,
+                    f"+{head.arranged_bytes / 2**20:.0f} MiB" if head.arranged_bytes else "no", shard)
         self._head = head
         return head
 
