@@ -100,6 +100,25 @@ def report(model: str) -> str:
         out += ["Stage 1 in int8 against int4 (a scale per 64 columns) at equal bytes (0.125 of the dense "
                 "head: int4's smaller table buys more probes), the same clusters (P: agreement / TV / "
                 "ppl ratio):\n", table(body, ["build, scored on", "int8", "int4"]), ""]
+    breadth = [(r, by.get(r["variant"].split("@")[0], {}).get(r["domain"])) for r in rows
+               if r["variant"].endswith("@breadth")]
+    if breadth:
+        def cell(r):
+            return f"{r['top1_agreement']:.2%} / {r['tv_distance']:.4f} / {r['ppl_flashhead'] / r['ppl_dense']:.3f}" if r else "—"
+
+        body = []
+        for r, k in breadth:
+            paired = k is not None and "unprobed" in k      # rows scored before the lists were kept: no pairs
+            a, b = (len(set(r["unprobed"]) - set(k["unprobed"])), len(set(k["unprobed"]) - set(r["unprobed"]))) if paired else (0, 0)
+            body.append([("in-domain" if r["variant"].startswith("suite") else "left out") + ", " + r["domain"],
+                         cell(k), cell(r), f"{b:,} / {a:,}" if paired else "—",
+                         p_value(sign_test(a, b)) if paired else "—"])
+        out += ["Calibration breadth: the same recipe with four more languages among its sources (Polish, "
+                "Czech, Bulgarian, Chinese fortunes: corpus.LANGUAGES, `suite_lab.py --breadth`), the same "
+                "total of positions (so each source's share shrinks), P as fitted (agreement / TV / ppl "
+                "ratio; misses fixed / added: the dense top-1 left unprobed by the default only / by the "
+                "broader build only; p: two-sided sign test):\n",
+                table(body, ["build, scored on", "default sources", "+ 4 languages", "misses fixed / added", "p"]), ""]
     if any(not r.get("recipe") for r in rows):
         out += ["† measured on a build of the previous recipe (self-samples from BOS alone, 8 k-means "
                 "rounds, the usage statistic on every position); not rerun yet.\n"]

@@ -39,3 +39,19 @@ def test_faq_questions_and_bad_names():
         corpus.documents("klingon")
     with pytest.raises(FlashHeadError, match="split must be one of"):
         corpus.load("train", "prose")
+
+
+@pytest.mark.parametrize("domain", corpus.LANGUAGES)
+def test_breadth_languages_load_clean_and_split_by_document(domain):
+    """The calibration-breadth languages (not in the suite): text in the language's script, no
+    terminal colour codes (fortunes-zh has them), fortunes-pl read from its files (its .u8 copies are
+    empty), split by document like the suite."""
+    ev, cal = corpus.load("eval", domain), corpus.load("calibration", domain)
+    assert len(cal) >= 100 and sum(map(len, cal)) > 15_000 and not set(ev) & set(cal)
+    text = "".join(cal[:200])
+    assert "\x1b" not in text
+    script = {"chinese": ("\u4e00", "\u9fff"), "bulgarian": ("\u0400", "\u04ff")}.get(domain)
+    if script:
+        assert sum(script[0] <= c <= script[1] for c in text) > len(text) // 3
+    else:   # Polish, Czech: Latin letters with their diacritics
+        assert sum(c in "ąęłńóśźżčďěňřšťůž" for c in text.lower()) > len(text) // 100

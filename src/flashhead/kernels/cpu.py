@@ -144,7 +144,7 @@ def _own(z: torch.Tensor, used: torch.Tensor, top: torch.Tensor, per: int | None
 
 
 def _native() -> bool:
-    """Whether the native kernels (native.py: bf16 stage 2, int8 stage 1 at decode batches) are
+    """Whether the native kernels (native.py: bf16 stage 2, int8 stage 1) are
     here: compiled on first use; without a C compiler the step runs torch's ops instead (stage 2
     copies bf16 rows to fp32: same logits, slower), said once."""
     global _NATIVE

@@ -1,13 +1,13 @@
-/* Stage 1 on int8 centroids for a few hidden states (the CPU kernel's int8 stage 1 at decode
-   batches; kernels/native.py compiles this file with the others).
+/* Stage 1 on int8 centroids (the CPU kernel's, kernels/cpu.py; kernels/native.py compiles this file
+   with the others).
 
    The same arithmetic as torch's weight-only int8 product (`_weight_int8pack_mm`, which the CPU
-   kernel uses for wider batches): h rounded to bf16 by the caller, each int8 value widened to fp32,
+   kernel uses where this library could not be compiled): h rounded to bf16 by the caller, each int8 value widened to fp32,
    fp32 multiply-adds, times the row's scale (a bf16 value), the score rounded to bf16. Only the
    order of the fp32 sums differs, so a score can differ from torch's by one bf16 step where the
    fp32 sum lies at a rounding boundary (tests/test_kernels.py counts them on real hidden states).
-   It exists for speed: one pass over the K x d int8 table with the loop unrolled over up to 4
-   states, where torch's kernel reads it at about a third of the rate at batch 1 (docs/KERNELS.md).
+   It exists for speed: the K x d int8 table read at the memory's rate, each row once per 4 states,
+   where torch's kernel reads it about half as fast on the AVX2 host (docs/KERNELS.md).
 
    fh_i8_scores_bf16  s[i, k] = bf16(scale[k] * sum_j q[k, j] * h[i, j])   [n, K] fp32
 */

@@ -1,5 +1,5 @@
 """The native helpers in q8_0.c (GGUF Q8_0 rows, int8 stage 1 as llama.cpp multiplies), bf16_rows.c
-(stage 2 on bf16 rows) and i8_stage1.c (int8 stage 1 at decode batches, torch's arithmetic):
+(stage 2 on bf16 rows) and i8_stage1.c (int8 stage 1 with torch's arithmetic, in one pass):
 compiled once per machine with the system C compiler into one library, loaded by ctypes.
 
 Compiled on first use (about a second) into the cache (`$FLASHHEAD_CACHE/native/`, keyed by the
