@@ -75,8 +75,8 @@ def _fortunes(folder: Path, names: list[str] | None, package: str) -> list[tuple
     if names is None:  # UTF-8 copies (.u8) where the package ships them (fortunes-pl's are empty), else the file
         stems = sorted({p.name.removesuffix(".u8") for p in folder.iterdir()
                         if p.is_file() and p.suffix != ".dat"})
-        paths = [folder / (s + ".u8") if (folder / (s + ".u8")).is_file() and (folder / (s + ".u8")).stat().st_size
-                 else folder / s for s in stems]
+        u8 = [folder / (s + ".u8") for s in stems]
+        paths = [u if u.is_file() and u.stat().st_size else folder / s for s, u in zip(stems, u8)]
     else:
         paths = [folder / n for n in names if (folder / n).is_file()]
     return [(t, [t]) for p in paths for t in _fortune_entries(p)]

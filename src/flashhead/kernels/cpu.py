@@ -111,7 +111,7 @@ def _probe(step, h: torch.Tensor):
     if step.arranged is None:                # the model's rows: = utok, except on a shard (shard.py)
         urow = step.block_rows[union].flatten()
     else:                                    # cluster order: the union's clusters are runs of rows
-        urow = (union.unsqueeze(1) * cs + torch.arange(cs)).flatten()
+        urow = _runs(union, cs)
     per = max(1, CHUNK_ROWS // cs)                                       # clusters per chunk
     chunks = -(-union.numel() // per)
     z = step.buffer("z", (chunks, n, per * cs), torch.float32)         # logits of the union
@@ -132,6 +132,11 @@ def _probe(step, h: torch.Tensor):
         return (scores, *step.with_exact(h, utok.unsqueeze(0), zu))
     mine = step.masked(_own(z.view(chunks, n, per, cs), used, top, per), top)
     return (scores, *step.with_exact(h, step.block_ids[top].flatten(1), mine))  # [N, P*cs(+F)]
+
+
+def _runs(clusters: torch.Tensor, cs: int) -> torch.Tensor:
+    """Rows of `clusters` [U] in a cluster-ordered table (cluster k: rows k*cs ... k*cs+cs-1) [U*cs]."""
+    return (clusters.unsqueeze(1) * cs + torch.arange(cs, device=clusters.device)).flatten()
 
 
 def _own(z: torch.Tensor, used: torch.Tensor, top: torch.Tensor, per: int | None = None) -> torch.Tensor:
@@ -185,7 +190,7 @@ def _q8_stage2(step, h, top, used, union, utok):
     if w.row_of is None:                     # the file's order: rows by token id
         ids = torch.cat([utok, step.exact_ids]) if step.exact_ids.numel() else utok
     else:                                    # cluster order: the union's clusters are runs of rows
-        ids = (union.unsqueeze(1) * cs + torch.arange(cs)).flatten()
+        ids = _runs(union, cs)
         ids = torch.cat([ids, w.row_of[step.exact_ids]]) if step.exact_ids.numel() else ids
     z = w.dot(ids, h, rows=w.row_of is not None)                         # [N, U*cs + F]
     if n == 1:

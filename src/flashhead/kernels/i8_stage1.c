@@ -84,12 +84,21 @@ static void dot4_i8(const int8_t *q, const float *h, int64_t d, int64_t m, float
     }
 }
 
-/* q [K, d] int8 row-major; scale [K] fp32 (bf16 values); h [n, d] fp32 (bf16 values); s [n, K]. */
-void fh_i8_scores_bf16(const int8_t *q, const float *scale, int64_t K, const float *h, int64_t n,
+static inline float bf16_to_fp32(uint16_t b) {
+    uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* q [K, d] int8 row-major; scale [K] bf16 (as stored); h [n, d] fp32 (bf16 values); s [n, K]. */
+void fh_i8_scores_bf16(const int8_t *q, const uint16_t *scale, int64_t K, const float *h, int64_t n,
                        int64_t d, float *s, int32_t threads) {
     #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t k = 0; k < K; k++)
-        if (n == 1) dot1_i8(q + k * d, h, d, scale[k], s + k);
+    for (int64_t k = 0; k < K; k++) {
+        const float sk = bf16_to_fp32(scale[k]);
+        if (n == 1) dot1_i8(q + k * d, h, d, sk, s + k);
         else for (int64_t i = 0; i < n; i += 4)
-            dot4_i8(q + k * d, h + i * d, d, n - i < 4 ? n - i : 4, scale[k], s + i * K + k, K);
+            dot4_i8(q + k * d, h + i * d, d, n - i < 4 ? n - i : 4, sk, s + i * K + k, K);
+    }
 }

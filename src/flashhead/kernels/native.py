@@ -88,10 +88,11 @@ def i8_scores(q, scale, h, threads: int):
 @torch.compiler.disable   # a ctypes call: torch.compile would pass it pointers into a traced graph
 def i8_scores_bf16(q, scale, h, threads: int, out=None):
     """Stage-1 scores [N, K] fp32 (bf16 values) from int8 centroids q [K, d] and per-row scales [K]
-    (quant.py, bf16 values), h rounded to bf16: torch's `_weight_int8pack_mm` arithmetic
+    bf16 (quant.py's `scale_bf16`), h rounded to bf16: torch's `_weight_int8pack_mm` arithmetic
     (i8_stage1.c)."""
     h = h.to(torch.bfloat16).float().contiguous()
-    scale = scale.to(torch.bfloat16).float().contiguous()
+    if scale.dtype != torch.bfloat16 or not scale.is_contiguous():
+        raise FlashHeadError("i8_scores_bf16 takes the scales as a contiguous bf16 tensor")
     out = torch.empty(h.shape[0], q.shape[0]) if out is None else out
     library().fh_i8_scores_bf16(q.data_ptr(), scale.data_ptr(), q.shape[0], h.data_ptr(), h.shape[0],
                                 h.shape[1], out.data_ptr(), threads)
