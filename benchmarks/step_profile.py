@@ -5,7 +5,7 @@ call), median of 20, against the whole step and the dense head.
     python benchmarks/step_profile.py DIR [--threads 1] [--dtype float32]   # DIR: a FlashHead model directory
 
 Parts: stage 1 (the kernel's, int8 or int4), top-P, the probed clusters' token ids, stage 2 on the
-bf16 rows (kernels/bf16_rows.c) read in place (in the step's order, then with the ids sorted) and
+bf16 rows (kernels/rows.c) read in place (in the step's order, then with the ids sorted) and
 in cluster order (head.py `arrange`, the default), the greedy pick; then the whole step with the
 rows arranged and in place. Random hidden state (the step's cost does not depend on its values at
 batch 1). vLLM-CPU serves with one torch thread on this 2-core host ("Reducing Torch threads from
@@ -51,11 +51,11 @@ def main() -> None:
             "top_p": ms(lambda: scores.topk(step.probes, dim=1, sorted=False)),
             "token_ids": ms(lambda: step.block_ids[top.view(-1).sort().values].flatten())}
     if dtype == torch.bfloat16:
-        z = native.bf16_dot(step.weight, utok, h, threads)
+        z = native.rows_dot(step.weight, utok, h, threads)
         rows.update({
-            "stage2_bf16_in_place": ms(lambda: native.bf16_dot(step.weight, utok, h, threads)),
-            "stage2_bf16_in_place_sorted": ms(lambda: native.bf16_dot(step.weight, utok.sort().values, h, threads)),
-            "stage2_bf16_arranged": ms(lambda: native.bf16_dot(step.arranged, union, h, threads,
+            "stage2_bf16_in_place": ms(lambda: native.rows_dot(step.weight, utok, h, threads)),
+            "stage2_bf16_in_place_sorted": ms(lambda: native.rows_dot(step.weight, utok.sort().values, h, threads)),
+            "stage2_bf16_arranged": ms(lambda: native.rows_dot(step.arranged, union, h, threads,
                                                                run=step.cluster_size)),
             "pick": ms(lambda: z.argmax(1))})
     rows.update({

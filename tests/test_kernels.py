@@ -73,7 +73,7 @@ def test_cpu_kernel_equals_reference(quant, dtype, d):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rows_in_cluster_order_change_nothing(dtype):
     """On the CPU a whole head keeps its rows in cluster order by default (head.py `arrange`), and
-    stage 2 reads each probed cluster as a run (bf16: bf16_rows.c with run = cs; fp32: the gather).
+    stage 2 reads each probed cluster as a run (rows.c with run = cs).
     Same products of the same rows in the same order: the results equal, bit for bit, those of the
     rows read in place, with always-exact tokens and a short last cluster (v = 2,995)."""
     w, head = _head(dtype=dtype, exact=[5, 2990])
@@ -85,6 +85,27 @@ def test_rows_in_cluster_order_change_nothing(dtype):
         for a, b in zip(head.probe(h), inplace.probe(h)):
             assert torch.equal(a, b)
         assert torch.equal(head(h), inplace(h)) and torch.equal(head.greedy(h), inplace.greedy(h))
+
+
+@pytest.mark.parametrize("quant,dtype,d,arrange", [("int8", torch.bfloat16, 64, None), ("int8", torch.float32, 200, None),
+                                                   ("none", torch.float32, 64, False), ("int8", torch.bfloat16, 200, False)])
+def test_cpu_step_does_not_depend_on_the_batch(quant, dtype, d, arrange):
+    """A position's scores, logits and greedy token are the same bit for bit alone or in a batch
+    of any size (rows.c, i8_stage1.c: one summation order for every state). vLLM's n-gram
+    speculation verifies k+1 rows per request where plain decoding scores one, so this is what
+    keeps its greedy text the same. d = 200: a tail after the vector loops (not a multiple of
+    16 or 32); with and without the rows in cluster order; with always-exact tokens."""
+    if not cpu._native():
+        pytest.skip("no C compiler: the torch fallback sums in MKL's order, which depends on N")
+    w, head = _head(quant=quant, dtype=dtype, d=d, exact=[5, 2990], arrange=arrange)
+    head.kernel = Kernel.CPU
+    h = torch.randn(9, d, dtype=dtype)
+    s, logits, g = head.probe(h)[0], head(h), head.greedy(h)
+    for n in (1, 2, 3, 4):                   # batches of 1 to 4 rows, the last one short
+        for i in range(0, 9, n):
+            part = h[i:i + n]
+            assert torch.equal(head.probe(part)[0], s[i:i + n])
+            assert torch.equal(head(part), logits[i:i + n]) and torch.equal(head.greedy(part), g[i:i + n])
 
 
 def test_arrange_only_where_it_applies():
@@ -151,7 +172,7 @@ def test_native_int8_stage1_is_torchs_arithmetic():
 
     g = torch.Generator().manual_seed(0)
     st = Stage1(torch.randn(4096, 640, generator=g), "int8", torch.bfloat16, "cpu")
-    for n in (1, 3, 9):                  # the one-state loop, and 4-state blocks with a short tail
+    for n in (1, 3, 9):                  # one state, and pairs of states with a short tail
         h = torch.randn(n, 640, generator=g)
         ours = native.i8_scores_bf16(st.q, st.scale_bf16, h, 2)
         theirs = torch._weight_int8pack_mm(h.to(torch.bfloat16), st.q, st.scale_bf16).float()

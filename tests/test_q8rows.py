@@ -46,8 +46,8 @@ def test_q8_step_equals_reference(quant, arranged):
         h = torch.randn(n, 64, generator=torch.Generator().manual_seed(n))
         s_c, tok_c, z_c = cpu.probe(h)
         s_r, tok_r, z_r = ref.probe(h)
-        if quant == "none":
-            assert torch.equal(s_c, s_r)
+        if quant == "none":   # fp32 centroids: the same products, summed in rows.c's order
+            torch.testing.assert_close(s_c, s_r, rtol=1e-5, atol=1e-5)
         assert torch.equal(tok_c.sort(1).values, tok_r.sort(1).values)
         scale = float(z_r.abs().max())
         got = torch.zeros(n, rows.shape[0]).scatter_(1, tok_c, z_c)

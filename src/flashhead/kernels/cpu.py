@@ -1,5 +1,6 @@
 """CPU kernel: the reference step with int8 or int4 stage 1 through torch's packed kernels, stage 2
-over the batch's union of probed clusters in cache-sized chunks, preallocated workspaces, `out=`.
+over the batch's union of probed clusters (native kernels where a C compiler is, else torch's ops
+in cache-sized chunks), preallocated workspaces, `out=`.
 
 Positions of a batch probe many of the same clusters (Gemma-3-270M, P=509, real text: 4 random
 positions probe 1,240 distinct clusters, not 2,036; 16 probe 2,359, not 8,144; 64 probe 3,826 of
@@ -28,7 +29,9 @@ from .step import pick
 _INT8_MM = getattr(torch, "_weight_int8pack_mm", None)
 _INT4_MM = getattr(torch, "_weight_int4pack_mm_for_cpu", None)
 _INT4_PACK = getattr(torch, "_convert_weight_to_int4pack_for_cpu", None)
-# Gathered rows per stage-2 chunk. Measured (Gemma-3-270M head, 8,144 rows, 2 threads, cold):
+# native.rows_dot(w, _FIRST, h, run=R): all R rows of w, one run from row 0
+_FIRST = torch.zeros(1, dtype=torch.int64)
+# torch's-ops stage 2 (no C compiler): gathered rows per chunk. Measured (Gemma-3-270M head, 8,144 rows, 2 threads, cold):
 # one gather + one product 4.7 ms; chunks of 128 / 256 / 512 / 1024 rows 4.3 / 3.7 / 3.4 / 3.4 ms.
 CHUNK_ROWS = 1024
 # From this many positions on, `rows @ h.T` beats `h @ rows.T` (1,024 rows x 640, 2 threads, warm:
@@ -56,6 +59,10 @@ def stage1(step, h: torch.Tensor) -> torch.Tensor:
         return native.i8_scores_bf16(st.q, st.scale_bf16, h, torch.get_num_threads())
     if st.bits == 8 and _INT8_MM is not None:
         return _INT8_MM(h.to(torch.bfloat16), st.q, st.scale_bf16).float()
+    if st.bits is None and st.centroids.dtype in (torch.float32, torch.bfloat16) and _native():
+        # unquantized centroids: fp32 products in an order that does not depend on the batch (rows.c)
+        return native.rows_dot(st.centroids, _FIRST, h.to(st.centroids.dtype), torch.get_num_threads(),
+                               run=st.num_rows)
     if st.bits == 4 and _int4_packed(st) is not None:
         packed, group, scales = st.cpu_int4
         return _INT4_MM(h.to(torch.bfloat16), packed, group, scales)[:, : st.num_rows].float()
@@ -88,10 +95,12 @@ def probe(step, h: torch.Tensor):
 
 
 def _probe(step, h: torch.Tensor):
-    """Stage 2 over the union of the positions' probed clusters: each cluster block is gathered
-    once per step however many positions probed it, in chunks of CHUNK_ROWS rows multiplied by all
-    N hidden states while still in the cache. Each position then reads its own clusters' logits, so
-    the result is TORCH's (a position's logits do not depend on the rest of its batch)."""
+    """Stage 2 over the union of the positions' probed clusters: each cluster block is read once
+    per step however many positions probed it and multiplied by all N hidden states while still in
+    the cache (the native kernel; without one, torch's ops on chunks of CHUNK_ROWS gathered rows).
+    Each position then reads its own clusters' logits, so the result is TORCH's up to the order of
+    the fp32 sums; with the native kernels a position's logits do not depend on the rest of its
+    batch, bit for bit."""
     n, cs = h.shape[0], step.cluster_size
     scores = stage1(step, h)                                             # [N, K]
     top = scores.topk(step.probes, dim=1, sorted=False).indices          # [N, P]
@@ -106,8 +115,8 @@ def _probe(step, h: torch.Tensor):
     if isinstance(step.weight, Q8Rows):      # GGUF Q8_0 rows, read in place by the native kernel
         return (scores, *_q8_stage2(step, h, top, used, union, utok))
     src = step.weight if step.arranged is None else step.arranged
-    if src.dtype == torch.bfloat16 and _native():
-        return (scores, *_bf16_stage2(step, h, top, used, union, utok))
+    if _native():
+        return (scores, *_native_stage2(step, h, top, used, union, utok))
     if step.arranged is None:                # the model's rows: = utok, except on a shard (shard.py)
         urow = step.block_rows[union].flatten()
     else:                                    # cluster order: the union's clusters are runs of rows
@@ -149,17 +158,18 @@ def _own(z: torch.Tensor, used: torch.Tensor, top: torch.Tensor, per: int | None
 
 
 def _native() -> bool:
-    """Whether the native kernels (native.py: bf16 stage 2, int8 stage 1) are
+    """Whether the native kernels (native.py: stage 2 on bf16 or fp32 rows, int8 stage 1) are
     here: compiled on first use; without a C compiler the step runs torch's ops instead (stage 2
-    copies bf16 rows to fp32: same logits, slower), said once."""
+    copies the rows to fp32: the same logits up to the order of the sums, slower), said once."""
     global _NATIVE
     if _NATIVE is None:
         try:
             native.library()
             _NATIVE = True
         except FlashHeadError as e:
-            logging.getLogger("flashhead").warning("%s; the CPU kernel runs torch's ops instead "
-                                                   "(bf16 rows copied to fp32: slower)", e)
+            logging.getLogger("flashhead").warning("%s; the CPU kernel runs torch's ops instead (slower, "
+                                                   "and a position's logits may then differ in the last "
+                                                   "bits with the size of its batch)", e)
             _NATIVE = False
     return _NATIVE
 
@@ -167,19 +177,24 @@ def _native() -> bool:
 _NATIVE = None
 
 
-def _bf16_stage2(step, h, top, used, union, utok):
-    """Stage 2 on bf16 rows (the head of a model served in bf16): the union's rows read in place,
-    widened to fp32 inside the product (bf16_rows.c), so the logits are fp32 products as in TORCH
-    (timings against the fp32 copy: docs/KERNELS.md, benchmarks/bf16_stage2.py)."""
-    n, cs = h.shape[0], step.cluster_size
-    out = step.buffer("bf16_z", (n, union.numel() * cs), torch.float32)
+def _native_stage2(step, h, top, used, union, utok):
+    """Stage 2 on bf16 or fp32 rows read in place (rows.c): bf16 widened to fp32 inside the
+    product, so the logits are fp32 products as in TORCH (timings against a copy to fp32:
+    docs/KERNELS.md, benchmarks/bf16_stage2.py); the always-exact tokens by the same kernel. Every
+    sum runs in an order that does not depend on the batch, so a position's logits are the same bit
+    for bit alone or among others (stage 1 too: i8_stage1.c)."""
+    n, cs, threads = h.shape[0], step.cluster_size, torch.get_num_threads()
+    out = step.buffer("native_z", (n, union.numel() * cs), torch.float32)
     if step.arranged is None:                # the model's rows, scattered: one id per row
-        z = native.bf16_dot(step.weight, step.block_rows[union].flatten(), h, torch.get_num_threads(), out=out)
+        z = native.rows_dot(step.weight, step.block_rows[union].flatten(), h, threads, out=out)
     else:                                    # cluster order: one run of cs rows per cluster
-        z = native.bf16_dot(step.arranged, union, h, torch.get_num_threads(), out=out, run=cs)
+        z = native.rows_dot(step.arranged, union, h, threads, out=out, run=cs)
+    f = step.exact_ids.numel()
+    exact = native.rows_dot(step.exact_rows, _FIRST, h, threads, run=f) if f else None
     if n == 1:
-        return step.with_exact(h, utok.unsqueeze(0), step.masked(z, union))
-    return step.with_exact(h, step.block_ids[top].flatten(1), step.masked(_own(z.view(n, -1, cs), used, top), top))
+        return step.with_exact(h, utok.unsqueeze(0), step.masked(z, union), exact)
+    mine = step.masked(_own(z.view(n, -1, cs), used, top), top)
+    return step.with_exact(h, step.block_ids[top].flatten(1), mine, exact)
 
 
 def _q8_stage2(step, h, top, used, union, utok):

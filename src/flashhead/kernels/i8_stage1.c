@@ -6,8 +6,9 @@
    fp32 multiply-adds, times the row's scale (a bf16 value), the score rounded to bf16. Only the
    order of the fp32 sums differs, so a score can differ from torch's by one bf16 step where the
    fp32 sum lies at a rounding boundary (tests/test_kernels.py counts them on real hidden states).
-   It exists for speed: the K x d int8 table read at the memory's rate, each row once per 4 states,
-   where torch's kernel reads it about half as fast on the AVX2 host (docs/KERNELS.md).
+   It exists for speed: the K x d int8 table read from memory once at the memory's rate (each row
+   then meets the states two at a time from L1), where torch's kernel reads it about half as fast on
+   the AVX2 host (docs/KERNELS.md); and every state's sums run in one order whatever n is.
 
    fh_i8_scores_bf16  s[i, k] = bf16(scale[k] * sum_j q[k, j] * h[i, j])   [n, K] fp32
 */
@@ -36,47 +37,35 @@ static inline float hsum(__m256 v) {
 }
 #endif
 
-/* One state against one int8 row: four independent sums (a chain of fused multiply-adds waits
-   for the previous one's result; one or two chains leave the unit idle most cycles). */
-static void dot1_i8(const int8_t *q, const float *h, int64_t d, float scale, float *out) {
-    float r = 0.0f;
+/* One or two states against one int8 row: four independent sums per state (a chain of fused
+   multiply-adds waits for the previous one's result; one or two chains leave the unit idle most
+   cycles), each 32-value chunk of the row widened once. The order of the sums is the same for
+   every state whatever n is, so a position's scores do not depend on the rest of its batch (bit
+   for bit; rows.c says why). */
+static void dot2_i8(const int8_t *q, const float *h, int64_t d, int64_t m, float scale, float *out,
+                    int64_t stride) {
+    float r[2] = {0.0f, 0.0f};
     int64_t j = 0;
 #ifdef FH_AVX2
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc[2][4];
+    for (int64_t i = 0; i < 2; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm256_setzero_ps();
     for (; j + 32 <= d; j += 32) {
         const __m256i v = _mm256_loadu_si256((const __m256i *)(q + j));
         const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
-        acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), _mm256_loadu_ps(h + j), acc[0]);
-        acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))),
-                                 _mm256_loadu_ps(h + j + 8), acc[1]);
-        acc[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), _mm256_loadu_ps(h + j + 16), acc[2]);
-        acc[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))),
-                                 _mm256_loadu_ps(h + j + 24), acc[3]);
-    }
-    r = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-#endif
-    for (; j < d; j++) r += (float)q[j] * h[j];
-    *out = round_bf16(r * scale);
-}
-
-/* 2 to 4 states against one int8 row: each 8-value chunk of the row is widened once. */
-static void dot4_i8(const int8_t *q, const float *h, int64_t d, int64_t m, float scale, float *out,
-                    int64_t stride) {
-    float r[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    int64_t j = 0;
-#ifdef FH_AVX2
-    __m256 acc[4][2];
-    for (int64_t i = 0; i < 4; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    for (; j + 16 <= d; j += 16) {
-        const __m128i v = _mm_loadu_si128((const __m128i *)(q + j));
-        const __m256 a = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-        const __m256 b = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
+        const __m256 a = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+        const __m256 b = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+        const __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+        const __m256 e = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
         for (int64_t i = 0; i < m; i++) {
-            acc[i][0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(h + i * d + j), acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(b, _mm256_loadu_ps(h + i * d + j + 8), acc[i][1]);
+            const float *x = h + i * d + j;
+            acc[i][0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x), acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(b, _mm256_loadu_ps(x + 8), acc[i][1]);
+            acc[i][2] = _mm256_fmadd_ps(c, _mm256_loadu_ps(x + 16), acc[i][2]);
+            acc[i][3] = _mm256_fmadd_ps(e, _mm256_loadu_ps(x + 24), acc[i][3]);
         }
     }
-    for (int64_t i = 0; i < m; i++) r[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+    for (int64_t i = 0; i < m; i++)
+        r[i] = hsum(_mm256_add_ps(_mm256_add_ps(acc[i][0], acc[i][1]), _mm256_add_ps(acc[i][2], acc[i][3])));
 #endif
     for (int64_t i = 0; i < m; i++) {
         for (int64_t t = j; t < d; t++) r[i] += (float)q[t] * h[i * d + t];
@@ -97,8 +86,7 @@ void fh_i8_scores_bf16(const int8_t *q, const uint16_t *scale, int64_t K, const 
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t k = 0; k < K; k++) {
         const float sk = bf16_to_fp32(scale[k]);
-        if (n == 1) dot1_i8(q + k * d, h, d, sk, s + k);
-        else for (int64_t i = 0; i < n; i += 4)
-            dot4_i8(q + k * d, h + i * d, d, n - i < 4 ? n - i : 4, sk, s + i * K + k, K);
+        for (int64_t i = 0; i < n; i += 2)
+            dot2_i8(q + k * d, h + i * d, d, n - i < 2 ? n - i : 2, sk, s + i * K + k, K);
     }
 }

@@ -1,5 +1,5 @@
-"""The native helpers in q8_0.c (GGUF Q8_0 rows, int8 stage 1 as llama.cpp multiplies), bf16_rows.c
-(stage 2 on bf16 rows) and i8_stage1.c (int8 stage 1 with torch's arithmetic, in one pass):
+"""The native helpers in q8_0.c (GGUF Q8_0 rows, int8 stage 1 as llama.cpp multiplies), rows.c
+(stage 2 on bf16 or fp32 rows, read in place) and i8_stage1.c (int8 stage 1 with torch's arithmetic, in one pass):
 compiled once per machine with the system C compiler into one library, loaded by ctypes.
 
 Compiled on first use (about a second) into the cache (`$FLASHHEAD_CACHE/native/`, keyed by the
@@ -21,7 +21,7 @@ import torch
 
 from ..config import FlashHeadError
 
-SOURCES = [Path(__file__).with_name(n) for n in ("q8_0.c", "bf16_rows.c", "i8_stage1.c")]
+SOURCES = [Path(__file__).with_name(n) for n in ("q8_0.c", "rows.c", "i8_stage1.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-lm"]
 _lib = None
 
@@ -66,8 +66,9 @@ def library() -> ctypes.CDLL:
     lib.fh_q8_step.argtypes = [ptr, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr, i64, i64,
                                ptr, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr, ptr, ptr]
     lib.fh_q8_step.restype = None
-    lib.fh_bf16_dot.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr, ctypes.c_int32]
-    lib.fh_bf16_dot.restype = None
+    for f in (lib.fh_bf16_dot, lib.fh_f32_dot):
+        f.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr, ctypes.c_int32]
+        f.restype = None
     lib.fh_i8_scores_bf16.argtypes = [ptr, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int32]
     lib.fh_i8_scores_bf16.restype = None
     _lib = lib
@@ -100,14 +101,19 @@ def i8_scores_bf16(q, scale, h, threads: int, out=None):
 
 
 @torch.compiler.disable   # a ctypes call: torch.compile would pass it pointers into a traced graph
-def bf16_dot(weight, ids, h, threads: int, out=None, run: int = 1):
-    """Exact logits z [N, R] fp32 of bf16 rows (weight [*, d] bf16, unit stride along d) against
-    h [N, d]: fp32 products of the rows as stored (bf16_rows.c). run = 1: the rows `weight[ids]`
-    (ids [R] int64); run = cs: ids [R / cs] name runs of cs rows, `weight[ids * cs + j]`."""
+def rows_dot(weight, ids, h, threads: int, out=None, run: int = 1):
+    """Exact logits z [N, R] fp32 of head rows (weight [*, d] bf16 or fp32, unit stride along d)
+    against h [N, d]: fp32 products of the rows as stored, in an order that does not depend on N
+    (rows.c). run = 1: the rows `weight[ids]` (ids [R] int64); run = cs: ids [R / cs] name runs of
+    cs rows, `weight[ids * cs + j]`."""
+    if weight.dtype not in (torch.bfloat16, torch.float32) or weight.stride(1) != 1:
+        raise FlashHeadError(f"rows_dot takes bf16 or fp32 rows with unit stride, not {weight.dtype} "
+                             f"with strides {tuple(weight.stride())}")
     h = h.float().contiguous()
     ids = ids.contiguous()
     rows = ids.numel() * run
     z = torch.empty(h.shape[0], rows) if out is None else out
-    library().fh_bf16_dot(weight.data_ptr(), weight.stride(0), ids.data_ptr(), rows, run, h.data_ptr(),
-                          h.shape[0], h.shape[1], z.data_ptr(), threads)
+    fn = library().fh_bf16_dot if weight.dtype == torch.bfloat16 else library().fh_f32_dot
+    fn(weight.data_ptr(), weight.stride(0), ids.data_ptr(), rows, run, h.data_ptr(), h.shape[0], h.shape[1],
+       z.data_ptr(), threads)
     return z

@@ -73,13 +73,14 @@ class Step:
             return z
         return z.add_(self.slot_bias[blocks].reshape(-1, z.shape[-1]))
 
-    def with_exact(self, h: torch.Tensor, tok: torch.Tensor, z: torch.Tensor):
+    def with_exact(self, h: torch.Tensor, tok: torch.Tensor, z: torch.Tensor, exact: torch.Tensor | None = None):
         """Append the always-exact tokens to a step's token ids and exact logits [N, *] (a token
-        also probed appears twice, with the same logit)."""
+        also probed appears twice, with the same logit); `exact` [N, F]: their logits, if a kernel
+        computed them (else h @ exact_rows.T)."""
         if not self.exact_ids.numel():
             return tok, z
         return (torch.cat([tok, self.exact_ids.expand(tok.shape[0], -1)], 1),
-                torch.cat([z, h.float() @ self.exact_rows.T], 1))
+                torch.cat([z, h.float() @ self.exact_rows.T if exact is None else exact], 1))
 
     def cluster_logits(self, h: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The estimate's per-cluster score [N, K]: stage 1's own ("mean" index), or the members'
