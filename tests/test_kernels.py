@@ -114,6 +114,8 @@ def test_arrange_only_where_it_applies():
     with pytest.raises(FlashHeadError, match="arrange=True needs a whole head"):
         FlashHead(w[:1000], index, check_fingerprint=False, vocab_range=(0, 1000), arrange=True)
     assert FlashHead(w[:1000], index, check_fingerprint=False, vocab_range=(0, 1000)).arranged is None
+    with pytest.raises(FlashHeadError, match="takes true, false or null, not 'false'"):
+        FlashHead(w, index, arrange="false")        # a string from a JSON override is not a bool
     if HAS_CUDA:
         assert FlashHead(w.cuda(), index).arranged is None
 

@@ -89,6 +89,8 @@ class FlashHead(torch.nn.Module):
         self.register_buffer("assignments", assignments.to(weight.device), persistent=False)
         self.register_buffer("offsets", offsets.float().to(weight.device), persistent=False)  # [V]
         self.register_buffer("exact_ids", exact.to(weight.device), persistent=False)            # [F]
+        if arrange not in (None, True, False):   # e.g. "false" from a JSON override: one clear line
+            raise FlashHeadError(f"arrange (flash_head_arrange) takes true, false or null, not {arrange!r}")
         arrange = should_arrange(weight, vocab_range) if arrange is None else arrange
         if arrange and (vocab_range is not None or not isinstance(weight, torch.Tensor)
                         or weight.device.type != "cpu"):
