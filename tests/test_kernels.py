@@ -58,11 +58,15 @@ def _compare(head, h, other):
     torch.testing.assert_close(head(h), l_r, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("quant,dtype,d", [("none", torch.float32, 64), ("none", torch.bfloat16, 64),
                                            ("int4", torch.float32, 48)])
-def test_cpu_kernel_equals_reference(quant, dtype, d):
+def test_cpu_kernel_equals_reference(quant, dtype, d, native, monkeypatch):
     """(int4 with d = 48: no group size of torch's int4 kernel divides it, so stage 1 is the
-    reference's; test_cpu_quantized_kernel_follows_its_definition checks the packed one.)"""
+    reference's; test_cpu_quantized_kernel_follows_its_definition checks the packed one.)
+    native=False: the path without a C compiler (torch's ops, chunks of gathered rows)."""
+    if not native:
+        monkeypatch.setattr(cpu, "_NATIVE", False)
     w, head = _head(quant=quant, dtype=dtype, d=d)
     # 1: the union is the position's own clusters; 6: shared clusters, one chunk, the workspace
     # grows; 40: the union spans several chunks (64 clusters each), `rows @ h.T` (WIDE_BATCH)
