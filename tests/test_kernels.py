@@ -60,11 +60,12 @@ def _compare(head, h, other):
 
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("quant,dtype,d", [("none", torch.float32, 64), ("none", torch.bfloat16, 64),
-                                           ("int4", torch.float32, 48)])
+                                           ("none", torch.float16, 64), ("int4", torch.float32, 48)])
 def test_cpu_kernel_equals_reference(quant, dtype, d, native, monkeypatch):
     """(int4 with d = 48: no group size of torch's int4 kernel divides it, so stage 1 is the
     reference's; test_cpu_quantized_kernel_follows_its_definition checks the packed one.)
-    native=False: the path without a C compiler (torch's ops, chunks of gathered rows)."""
+    native=False: the path without a C compiler (torch's ops, chunks of gathered rows); an fp16
+    head takes that path with the compiler too (rows.c reads bf16 and fp32 rows only)."""
     if not native:
         monkeypatch.setattr(cpu, "_NATIVE", False)
     w, head = _head(quant=quant, dtype=dtype, d=d)

@@ -59,7 +59,7 @@ def stage1(step, h: torch.Tensor) -> torch.Tensor:
         return native.i8_scores_bf16(st.q, st.scale_bf16, h, torch.get_num_threads())
     if st.bits == 8 and _INT8_MM is not None:
         return _INT8_MM(h.to(torch.bfloat16), st.q, st.scale_bf16).float()
-    if st.bits is None and st.centroids.dtype in (torch.float32, torch.bfloat16) and _native():
+    if st.bits is None and st.centroids.dtype in native.ROW_DTYPES and _native():
         # unquantized centroids: fp32 products in an order that does not depend on the batch (rows.c)
         return native.rows_dot(st.centroids, _FIRST, h.to(st.centroids.dtype), torch.get_num_threads(),
                                run=st.num_rows)
@@ -115,7 +115,7 @@ def _probe(step, h: torch.Tensor):
     if isinstance(step.weight, Q8Rows):      # GGUF Q8_0 rows, read in place by the native kernel
         return (scores, *_q8_stage2(step, h, top, used, union, utok))
     src = step.weight if step.arranged is None else step.arranged
-    if _native():
+    if src.dtype in native.ROW_DTYPES and _native():   # other dtypes (fp16): torch's ops below
         return (scores, *_native_stage2(step, h, top, used, union, utok))
     if step.arranged is None:                # the model's rows: = utok, except on a shard (shard.py)
         urow = step.block_rows[union].flatten()

@@ -24,6 +24,8 @@ from ..config import FlashHeadError
 SOURCES = [Path(__file__).with_name(n) for n in ("q8_0.c", "rows.c", "i8_stage1.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-lm"]
 _lib = None
+# the row dtypes rows.c reads (rows_dot); the CPU kernel runs torch's ops for others (fp16)
+ROW_DTYPES = (torch.bfloat16, torch.float32)
 
 
 def _compiler() -> str:
@@ -106,7 +108,7 @@ def rows_dot(weight, ids, h, threads: int, out=None, run: int = 1):
     against h [N, d]: fp32 products of the rows as stored, in an order that does not depend on N
     (rows.c). run = 1: the rows `weight[ids]` (ids [R] int64); run = cs: ids [R / cs] name runs of
     cs rows, `weight[ids * cs + j]`."""
-    if weight.dtype not in (torch.bfloat16, torch.float32) or weight.stride(1) != 1:
+    if weight.dtype not in ROW_DTYPES or weight.stride(1) != 1:
         raise FlashHeadError(f"rows_dot takes bf16 or fp32 rows with unit stride, not {weight.dtype} "
                              f"with strides {tuple(weight.stride())}")
     h = h.float().contiguous()
