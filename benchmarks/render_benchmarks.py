@@ -154,6 +154,24 @@ if int4:
                   f"{a['flashhead_us'] / 1e3:.2f} / {c['flashhead_us'] / 1e3:.2f} | "
                   f"{m['cpu']}, {m['threads']} threads, load {m['load_average'][0]:.1f} |")
     print()
+native = sorted(glob.glob("docs/bench/native-step-*.json"))
+if native:
+    print("## CPU step: native kernels against torch's ops (logits step, cold cache)\n")
+    print("`python benchmarks/bf16_stage2.py SMOLLM2_DIR GEMMA_DIR --batch 1 4 16 --dtype DTYPE --json "
+          "docs/bench/native-step-DTYPE.json` (default builds; torch's ops: the path without a C compiler; "
+          "native: kernels/rows.c and i8_stage1.c, one summation order whatever the batch; docs/KERNELS.md, "
+          "\"One summation order for every batch\"). Rows without a machine field: the 2-core AMD EPYC "
+          "(AVX2, no AVX-512) of 2026-11-30, 2 threads.\n")
+    print("| head | dtype | batch | P | dense ms | torch's ops ms | native ms | native vs torch's ops | machine |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for f in native:
+        for r in json.load(open(f)):
+            m = r.get("machine")
+            where = f"{m['cpu']}, {m['threads']} threads, load {m['load_average'][0]:.1f}" if m else "see above"
+            print(f"| {Path(r['dir']).name} ({r['vocab']:,} x {r['hidden']}) | {r['dtype']} | {r['batch']} | "
+                  f"{r['probes']:,} | {r['dense']:.2f} | {r['fp32 copy']:.2f} | {r['native']:.2f} | "
+                  f"{r['fp32 copy'] / r['native']:.2f}x | {where} |")
+    print()
 print("## GPU (eager calls; kernel-level numbers in docs/KERNELS.md)\n")
 print("Head-level only, on the GPU machine, random weights and random hidden states (timing does not depend "
       "on the values; fidelity numbers of a random head would mean nothing), clustered on the GPU. Not "
