@@ -6,7 +6,11 @@ Each variant is a calibration: a set of sources whose calibration documents (and
 samples, `self`) fit a build with fit.fit_index, exactly as `flashhead build` does; it is then
 scored on the eval documents of every suite domain with the library's own step
 (evaluate.evaluate_hidden), at the build's own probe setting. `loo` = one build per suite domain
-X, calibrated on every source but X, scored on X: the out-of-domain number.
+X, calibrated on every source but X, scored on X: the out-of-domain number. `oracle:X` = the
+default sources plus X's eval positions themselves, scored on X: what the build could reach if it
+knew the text (an upper bound, docs/FIDELITY.md "What a build can reach"). Options change the
+recipe of every variant and name its rows (`--accents`, `--self-shares`, `--translations`,
+`--breadth`, `--positions`: the total, so a source added on top keeps the others' shares).
 """
 from __future__ import annotations
 
@@ -26,14 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 RECIPE = "kinds"
 
 
-def own_samples(model: str, data: dict, share: int, starts: int = 3, batch: int = 64) -> torch.Tensor:
+def own_samples(model: str, data: dict, share: int, starts: int = 3, batch: int = 64,
+                accents: bool = False) -> torch.Tensor:
     """The model's own samples exactly as `flashhead build` draws its share of them
     (hidden.sampled(model, tok, share), seed 0: the first sequences of each kind of start, as many
     tokens each as the share allows), generated once per share and kept in the suite's cache file."""
     from suite_data import out_path
 
     key = (f"self@{share}-rr" + (f"-starts{starts}" if starts != 3 else "")
-           + (f"-b{batch}" if batch != 64 else "") + "/cal_h")
+           + (f"-b{batch}" if batch != 64 else "") + ("-accents" if accents else "") + "/cal_h")
     if key not in data:
         from safetensors.torch import load_file, save_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,7 +49,7 @@ def own_samples(model: str, data: dict, share: int, starts: int = 3, batch: int 
         d = resolve(model)
         lm = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
         h, _ = hidden.sampled(lm, AutoTokenizer.from_pretrained(d), share, batch=batch, starts=starts,
-                              progress=False)
+                              accents=accents, progress=False)
         stored = load_file(str(out_path(model)))
         stored[key] = data[key] = h.contiguous()
         save_file(stored, str(out_path(model)))
@@ -52,14 +57,23 @@ def own_samples(model: str, data: dict, share: int, starts: int = 3, batch: int 
 
 
 def calibration(data: dict, sources: list[str], total: int, model: str | None = None, starts: int = 3,
-                batch: int = 64):
+                batch: int = 64, accents: bool = False, self_shares: int = 1, tr_shares: int = 1):
     """Equal shares of `total` positions from each source: (fit [N, d], held-out [M, d]), the last
     quarter of every share held out (whole texts, as build.py holds out the last quarter). `self`
-    is drawn as the build draws it (own_samples) when `model` is given."""
+    is drawn as the build draws it (own_samples) when `model` is given, `self_shares` shares of it
+    (`tr_shares` of `translations`)."""
     share = total // len(sources)
     fit, held = [], []
     for s in sources:
-        h = own_samples(model, data, share, starts, batch) if s == "self" and model else data[f"{s}/cal_h"][:share]
+        if s == "self" and model:
+            h = own_samples(model, data, share * self_shares, starts, batch, accents)
+        elif s.endswith("@eval"):     # the oracle: every position a domain is scored on, all fitted
+            h = data[f"{s[:-5]}/eval_h"]
+            fit.append(h)
+            held.append(h[h.shape[0] - h.shape[0] // 4:])
+            continue
+        else:
+            h = data[f"{s}/cal_h"][:share * (tr_shares if s == "translations" else 1)]
         k = h.shape[0] - h.shape[0] // 4
         fit.append(h[:k])
         held.append(h[k:])
@@ -67,7 +81,8 @@ def calibration(data: dict, sources: list[str], total: int, model: str | None = 
 
 
 def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, starts: int = 3,
-           batch: int = 64, quantization: str = "int8", **kw):
+           batch: int = 64, quantization: str = "int8", accents: bool = False, self_shares: int = 1,
+           tr_shares: int = 1, **kw):
     """fit.fit_index on the sources' calibration states, cached by model and sources; -> (index, held).
     Another stage-1 storage than int8 takes the int8 build's clusters (they do not depend on it)
     and fits its own probes and offsets (fit.fit_probes), as `flashhead build --quantization` would."""
@@ -77,7 +92,7 @@ def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, s
     from flashhead.fit import fit_index, fit_probes
     from flashhead.cache import cache_root
 
-    fit, held = calibration(data, sources, positions, model, starts, batch)
+    fit, held = calibration(data, sources, positions, model, starts, batch, accents, self_shares, tr_shares)
     from flashhead.fit import TARGET_AGREEMENT
 
     kw.setdefault("target_agreement", TARGET_AGREEMENT)
@@ -87,14 +102,17 @@ def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, s
     # self-samples from BOS alone) is not reused for the current one
     tag = ("-".join(sorted(sources)) + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
            + f"-r{FlashHeadConfig().iterations}-u{USAGE_LOGITS}-kinds-asbuilt-rr" + (f"-starts{starts}" if starts != 3 else "")
-           + (f"-b{batch}" if batch != 64 else ""))
+           + (f"-b{batch}" if batch != 64 else "") + ("-accents" if accents else "")
+           + (f"-self{self_shares}" if self_shares != 1 else "") + (f"-tr{tr_shares}" if tr_shares != 1 else "")
+           + (f"-n{positions}" if positions != 16384 else ""))
     path = cache_root() / "suite" / "indices" / model / (tag + ("" if quantization == "int8" else f"-{quantization}"))
     if (path / "flash_head_assets").is_dir():
         return ClusterIndex.load(path / "flash_head_assets"), held
     if quantization == "int8":
         index = fit_index(data["head"], fit, FlashHeadConfig(), held_out=held, **kw)
     else:
-        index, _ = fitted(model, data, sources, positions, starts, batch, **kw)
+        index, _ = fitted(model, data, sources, positions, starts, batch, accents=accents,
+                          self_shares=self_shares, tr_shares=tr_shares, **kw)
         index.config = dataclasses.replace(index.config, quantization=quantization)
         index = fit_probes(index, data["head"], fit, held, kw["target_agreement"])
     index.save(path)
@@ -141,6 +159,15 @@ def main():
     p.add_argument("--breadth", action="store_true", help="also calibrate on corpus.LANGUAGES (Polish, "
                    "Czech, Bulgarian, Chinese; their states collected by suite_data.py --domains ...); rows "
                    "named VARIANT@breadth")
+    p.add_argument("--translations", action="store_true", help="also calibrate on the installed packages' "
+                   "message catalogs (corpus `translations`: every language but German, Russian and English; "
+                   "collected by suite_data.py --domains translations); rows named VARIANT@translations")
+    p.add_argument("--translation-shares", type=int, default=1, help="with --translations: the catalogs "
+                   "take this many shares (the others one each); rows named VARIANT@trN")
+    p.add_argument("--accents", action="store_true", help="hidden.sampled's starts include a kind per "
+                   "accented Latin letter (kinds.py); rows named VARIANT@accents")
+    p.add_argument("--self-shares", type=int, default=1, help="the model's own samples take this many "
+                   "shares of the calibration (the others one each); rows named VARIANT@selfN")
     p.add_argument("--json", default=None, help="write the rows here (docs/bench/suite-MODEL.json); "
                    "rows of variants not run this time are kept")
     a = p.parse_args()
@@ -148,7 +175,10 @@ def main():
     data = load(a.model)
     w = data["head"]
     suite = [d for d in SUITE if f"{d}/eval_h" in data]        # no chat for a base model
-    everything = [d for d in DOMAINS + (LANGUAGES if a.breadth else ()) if f"{d}/cal_h" in data] + ["self"]
+    everything = [d for d in DOMAINS + (LANGUAGES if a.breadth else ()) + (("translations",) if a.translations else ())
+                  if f"{d}/cal_h" in data] + ["self"]
+    if a.translations and "translations" not in everything:
+        raise SystemExit(f"--translations: collect it first (suite_data.py {a.model} --domains translations)")
     if a.breadth and not set(LANGUAGES) <= set(everything):
         raise SystemExit(f"--breadth: collect {', '.join(LANGUAGES)} first (suite_data.py {a.model} --domains ...)")
     plans = []
@@ -160,6 +190,9 @@ def main():
         elif v.startswith("without:"):   # one leave-one-out build, e.g. without:german
             x = v.split(":", 1)[1]
             plans.append((f"without {x}", [s for s in everything if s != x], [x]))
+        elif v.startswith("oracle:"):    # an upper bound: calibrated on the positions it is scored on too
+            x = v.split(":", 1)[1]
+            plans.append((f"oracle {x}", everything + [f"{x}@eval"], [x]))
         elif v in everything:
             plans.append((v, [v], suite))
         elif v == "cosine":   # the uncalibrated recipe: balanced spherical k-means of the head rows
@@ -174,6 +207,14 @@ def main():
         plans = [(f"{name}@{a.quantization}", s, d) for name, s, d in plans]
     if a.breadth:
         plans = [(f"{name}@breadth", s, d) for name, s, d in plans]
+    if a.translations:
+        plans = [(f"{name}@translations", s, d) for name, s, d in plans]
+    if a.accents:
+        plans = [(f"{name}@accents", s, d) for name, s, d in plans]
+    if a.self_shares != 1:
+        plans = [(f"{name}@self{a.self_shares}", s, d) for name, s, d in plans]
+    if a.translation_shares != 1:
+        plans = [(f"{name}@tr{a.translation_shares}", s, d) for name, s, d in plans]
     out = json.loads(Path(a.json).read_text()) if a.json and Path(a.json).is_file() else []
     names = {name for name, _, _ in plans}
     out = [r for r in out if r["variant"] not in names]
@@ -186,7 +227,8 @@ def main():
                                  c.centroids, fingerprint(w))
         else:
             kw = {} if a.usage_floor is None else {"usage_floor": a.usage_floor}
-            index, _ = fitted(a.model, data, sources, a.positions, a.starts, a.self_batch, a.quantization, **kw)
+            index, _ = fitted(a.model, data, sources, a.positions, a.starts, a.self_batch, a.quantization,
+                              accents=a.accents, self_shares=a.self_shares, tr_shares=a.translation_shares, **kw)
             base = base or index.config.probes
         head = FlashHead(w, index)
         for dom in domains:

@@ -55,3 +55,33 @@ def test_breadth_languages_load_clean_and_split_by_document(domain):
         assert sum(script[0] <= c <= script[1] for c in text) > len(text) // 3
     else:   # Polish, Czech: Latin letters with their diacritics
         assert sum(c in "ąęłńóśźżčďěňřšťůž" for c in text.lower()) > len(text) // 100
+
+
+def test_translations_are_every_language_but_the_suites_and_split_by_catalog():
+    """The message catalogs of the installed packages (a breadth experiment, docs/FIDELITY.md):
+    many languages and scripts, never German, Russian or English (the suite's scored languages), a
+    catalog on one side of the split, read by our own .mo reader (the stdlib's fails on some)."""
+    import re
+
+    docs = corpus.documents("translations")
+    langs = {re.split(r"[_@.]", name.split("/")[0])[0] for name, _ in docs}
+    assert len(langs) >= 40 and not langs & set(corpus.TRANSLATIONS_LEFT_OUT), sorted(langs)
+    assert len(docs) <= corpus.CATALOGS
+    ev, cal = corpus.load("eval", "translations"), corpus.load("calibration", "translations")
+    assert len(cal) >= 1000 and not set(ev) & set(cal)
+    side = {t: "eval" for t in ev} | {t: "calibration" for t in cal}
+    for name, texts in docs:
+        assert len({side[t] for t in texts if t in side}) <= 1, name
+    text = "".join(cal[:500])
+    assert text.count("\ufffd") < len(text) // 1000                   # each catalog's charset decoded
+    assert sum("\u0400" <= c <= "\u04ff" for c in text) > 0 and sum(c in "åäöéèçñ" for c in text) > 0
+
+
+def test_optional_sources_are_named_not_defaulted():
+    """`--calibrate-on suite translations` adds the catalogs; `suite` alone never has them."""
+    from flashhead.build import DEFAULT_CALIBRATION, calibration_sources
+
+    assert not set(calibration_sources(DEFAULT_CALIBRATION)) & set(corpus.OPTIONAL)
+    assert calibration_sources(["suite", "translations"])[-1] == "translations"
+    with pytest.raises(FlashHeadError, match="translations"):      # the error lists what exists
+        calibration_sources(["translation"])

@@ -12,6 +12,15 @@ def test_kind_of(text, kind):
     assert kind_of(text) == kind
 
 
+@pytest.mark.parametrize("text,kind", [(" für", "LATIN ü"), ("Straße", "LATIN ß"), (" École", "LATIN é"),
+                                       (" ÉCOLE", "LATIN-upper"), (" Provided", "LATIN"), ("при", "CYRILLIC"),
+                                       ("İ", "LATIN İ")])
+def test_kind_of_accented_letters(text, kind):
+    """With accents, a Latin token holding a letter beyond ASCII is the kind of that letter
+    (lower case): the starts then reach the languages that letter belongs to."""
+    assert kind_of(text, accents=True) == kind
+
+
 def test_smollm2_kinds_partition_its_vocabulary(smollm2_hf_dir):
     from transformers import AutoTokenizer
 
@@ -24,6 +33,12 @@ def test_smollm2_kinds_partition_its_vocabulary(smollm2_hf_dir):
     # an English vocabulary still has Cyrillic, Greek and CJK tokens: each gets its share of starts
     assert {"LATIN", "LATIN-upper", "CYRILLIC", "GREEK", "CJK", "symbol"} <= set(kinds)
     assert ids.numel() > 0.99 * 49152 - len(tok.all_special_ids) - 50   # all but a few rare-script tokens
+    # with accents the Latin tokens holding é form a kind of their own (SmolLM2: the only accented
+    # letter with >= MIN_KIND tokens); still a partition of the same tokens
+    accented = token_kinds(tok, 49152, accents=True)
+    both = torch.cat(list(accented.values()))
+    assert "LATIN é" in accented and both.unique().numel() == both.numel()
+    assert set(both.tolist()) == set(ids.tolist())
 
 
 def test_self_samples_from_every_kind_reach_other_scripts(smollm2_hf_dir):

@@ -67,13 +67,13 @@ def calibration_sources(calibration) -> list:
             out += [d for d in corpus.DOMAINS if d not in out] + (["self"] if "self" not in out else [])
         elif item == "fortunes":
             out.append("prose")
-        elif item == "self" or item in corpus.DOMAINS:
+        elif item == "self" or item in corpus.DOMAINS or item in corpus.OPTIONAL:
             out.append(item)
         elif isinstance(item, (list, tuple)) and item and all(isinstance(t, str) for t in item):
             out.append(list(item))
         else:
             raise FlashHeadError(f"unknown calibration source {item!r}: give 'self', 'suite', a domain "
-                                 f"({', '.join(corpus.DOMAINS)}) or text files")
+                                 f"({', '.join(corpus.DOMAINS + corpus.OPTIONAL)}) or text files")
     if not out:
         raise FlashHeadError("calibration names no source")
     return out

@@ -23,6 +23,10 @@ Not in the suite, calibration only (`EXTRA`): Spanish and Italian fortunes (Debi
 GPL-2+; `fortunes-it`, GPL-2+). Installed for breadth experiments (`LANGUAGES`, not calibrated on by
 default, docs/FIDELITY.md): Polish (`fortunes-pl`, GPL-2+), Czech (`fortunes-cs`, GPL), Bulgarian
 (`fortunes-bg`, GPL-1+, Cyrillic) and Chinese (`fortunes-zh`: fortunes, Tang and Song poems, GPL-3+).
+`translations`: the translated messages of the installed packages' gettext catalogs
+(/usr/share/locale/*/LC_MESSAGES/*.mo; Debian `iso-codes` among others, each package's own licence
+in /usr/share/doc/PACKAGE/copyright, GPL or LGPL for most), ~120 languages here, never German,
+Russian or English; one document per catalog. Both are `OPTIONAL` calibration sources.
 `scripts/setup.sh` installs the Debian packages.
 """
 from __future__ import annotations
@@ -43,7 +47,18 @@ SPLITS = ("eval", "calibration")
 SUITE = ("prose", "docs", "code", "legal", "german", "russian", "chat")
 EXTRA = ("spanish", "italian")
 LANGUAGES = ("polish", "czech", "bulgarian", "chinese")
+# Breadth of languages from the installed packages' own message catalogs (gettext .mo files).
+# The suite's scored languages are never among them (German, Russian) nor English: a build
+# calibrated on them has still never seen the German or Russian domain.
+LOCALE_DIR = Path("/usr/share/locale")
+TRANSLATIONS_LEFT_OUT = ("de", "ru", "en")
+# At most this many catalogs are read (a sample by a hash of their names, both splits together):
+# a build reads a few thousand positions of them; reading all (2,851 here, 49 MB of text) took 8 s,
+# 512 of them 0.8 s (the 2-core host, with another job running).
+CATALOGS = 512
 DOMAINS = SUITE + EXTRA
+# Calibration sources a build takes when named (`--calibrate-on suite translations`), not by default.
+OPTIONAL = LANGUAGES + ("translations",)
 PACKAGES = {"prose": "fortunes fortunes-min", "german": "fortunes-de", "russian": "fortunes-ru",
             "spanish": "fortunes-es", "italian": "fortunes-it", "chat": "debian-faq", "polish": "fortunes-pl",
             "czech": "fortunes-cs", "bulgarian": "fortunes-bg", "chinese": "fortunes-zh"}
@@ -140,6 +155,51 @@ def _legal() -> list[tuple[str, list[str]]]:
     return docs
 
 
+def _mo_messages(path: Path) -> list[str]:
+    """The translated strings of a gettext catalog (.mo: GNU gettext's binary format), plural forms
+    apart, in the catalog's own charset; [] for a file that is not a readable catalog."""
+    import struct
+
+    raw = path.read_bytes()
+    if len(raw) < 28:
+        return []
+    order = {b"\xde\x12\x04\x95": "<", b"\x95\x04\x12\xde": ">"}.get(raw[:4])
+    if order is None:
+        return []
+    n, ids_at, strs_at = struct.unpack(order + "3I", raw[8:20])
+    entries = []
+    for i in range(n):
+        try:
+            (nlen, noff), (slen, soff) = (struct.unpack_from(order + "2I", raw, ids_at + 8 * i),
+                                          struct.unpack_from(order + "2I", raw, strs_at + 8 * i))
+        except struct.error:
+            return []
+        entries.append((raw[noff:noff + nlen], raw[soff:soff + slen]))
+    header = next((v for k, v in entries if not k), b"").decode("ascii", errors="replace")
+    charset = (re.search(r"charset=([\w.-]+)", header) or [None, "utf-8"])[1]
+    try:
+        "".encode(charset)
+    except LookupError:
+        charset = "utf-8"
+    return [m for k, v in entries if k for m in v.decode(charset, errors="replace").split("\0") if m.strip()]
+
+
+def _translations() -> list[tuple[str, list[str]]]:
+    """One document per (language, catalog): the translated messages of every gettext catalog
+    under LOCALE_DIR, joined into paragraphs, but for the languages of TRANSLATIONS_LEFT_OUT."""
+    paths = [p for p in LOCALE_DIR.glob("*/LC_MESSAGES/*.mo")
+             if re.split(r"[_@.]", p.parts[-3])[0] not in TRANSLATIONS_LEFT_OUT]
+    docs = []
+    for p in sorted(paths, key=lambda p: hashlib.sha1(f"{p.parts[-3]}/{p.name}".encode()).digest())[:CATALOGS]:
+        lang = p.parts[-3]
+        texts = _paragraphs("\n\n".join(_mo_messages(p)))
+        if texts:
+            docs.append((f"{lang}/{p.name}", texts))
+    if not docs:
+        raise FlashHeadError(f"no message catalogs under {LOCALE_DIR}")
+    return docs
+
+
 def faq_questions() -> list[str]:
     """The questions of the Debian FAQ (its numbered headings that end in '?')."""
     path = Path("/usr/share/doc/debian/FAQ/debian-faq.en.txt.gz")
@@ -178,7 +238,9 @@ def _documents(domain: str) -> list[tuple[str, list[str]]]:
         return _code()
     if domain == "legal":
         return _legal()
-    raise FlashHeadError(f"unknown text domain {domain!r}: choose one of {', '.join(DOMAINS + LANGUAGES)}")
+    if domain == "translations":
+        return _translations()
+    raise FlashHeadError(f"unknown text domain {domain!r}: choose one of {', '.join(DOMAINS + OPTIONAL)}")
 
 
 def load(split: str = "eval", domain: str = "prose") -> list[str]:

@@ -45,11 +45,12 @@ def teacher_forced(model, tokenizer, texts: list[str], max_positions: int = 4096
 
 @torch.inference_mode()
 def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: int = 64,
-            temperature: float = 1.0, seed: int = 0, starts: int = 3,
+            temperature: float = 1.0, seed: int = 0, starts: int = 3, accents: bool = False,
             progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own text: `batch` sequences at a time, each up to `length` tokens sampled from
     the dense softmax at `temperature` after BOS and `starts` tokens of one kind (`_start_tokens`;
-    0: BOS alone); a sequence stops at EOS. Returns H [N, d] fp32 (the state each token was drawn
+    0: BOS alone; `accents`: kinds.py's accented-letter kinds too, and at least one sequence per
+    kind in every batch); a sequence stops at EOS. Returns H [N, d] fp32 (the state each token was drawn
     from, the last start token's included) and the drawn tokens [N], N = positions, sequence after
     sequence (so a split by position is, but for one sequence, a split by text)."""
     from tqdm.auto import tqdm
@@ -62,7 +63,9 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
         raise FlashHeadError("the tokenizer has neither a BOS nor an EOS token to start sampling from")
     eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.int64)
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    kinds = list(token_kinds(tokenizer, weight.shape[0]).values()) if starts else []
+    kinds = list(token_kinds(tokenizer, weight.shape[0], accents).values()) if starts else []
+    if accents:
+        batch = max(batch, len(kinds))
     gen = torch.Generator().manual_seed(seed)
     hs, ts, seq, n, first = [], [], [], 0, 0
     bar = tqdm(total=positions, desc="sampling calibration text", unit="pos", disable=not progress)

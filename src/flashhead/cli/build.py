@@ -12,7 +12,9 @@ EPILOG = """examples:
 Calibration: the model runs over real text and the clusters are fitted to where its hidden states
 point. --calibrate-on takes `suite` (default: the calibration documents of every domain of the
 suite and the model's own samples; the evaluation documents are `flashhead eval`'s), domain names
-(`prose`, `code`, ...; `fortunes` is `prose`), `self` (the model's own samples, started from
+(`prose`, `code`, ...; `fortunes` is `prose`; also `translations`, the installed packages' message
+catalogs in ~120 languages, and `polish`, `czech`, `bulgarian`, `chinese`: not in `suite`, see
+docs/FIDELITY.md), `self` (the model's own samples, started from
 every kind of token in its vocabulary: no corpus needed), or text files like your workload (one
 text per blank-line separated paragraph).
 Default probes: the smallest count reaching --target-agreement on the last quarter of that text.
