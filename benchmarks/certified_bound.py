@@ -51,6 +51,8 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("FLASHHEAD_THREADS", "2")))
     data = load(a.model)
+    if f"{a.domain}/eval_h" not in data:
+        raise SystemExit(f"no eval states of {a.domain!r} for {a.model}: run benchmarks/suite_data.py first")
     w = data["head"].float()
     sources = [d for d in DOMAINS if f"{d}/cal_h" in data and d != a.domain] + ["self"]
     index, held = fitted(a.model, data, sources)

@@ -189,9 +189,13 @@ def main():
             plans += [(f"without {x}", [s for s in everything if s != x], [x]) for x in suite]
         elif v.startswith("without:"):   # one leave-one-out build, e.g. without:german
             x = v.split(":", 1)[1]
+            if x not in suite:
+                raise SystemExit(f"{v}: no scored domain {x!r} in the cached states (have {', '.join(suite)})")
             plans.append((f"without {x}", [s for s in everything if s != x], [x]))
         elif v.startswith("oracle:"):    # an upper bound: calibrated on the positions it is scored on too
             x = v.split(":", 1)[1]
+            if x not in suite:
+                raise SystemExit(f"{v}: no scored domain {x!r} in the cached states (have {', '.join(suite)})")
             plans.append((f"oracle {x}", everything + [f"{x}@eval"], [x]))
         elif v in everything:
             plans.append((v, [v], suite))
