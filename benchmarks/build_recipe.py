@@ -45,7 +45,7 @@ def main():
     w = data["head"]
     suite = [d for d in SUITE if f"{d}/eval_h" in data]
     everything = [d for d in DOMAINS if f"{d}/cal_h" in data] + ["self"]
-    fit, held = calibration(data, everything, 16384)
+    fit, held = calibration(data, everything)
     rows = []
     for v in a.variants:
         rounds, usage = v.split(":")

@@ -101,7 +101,7 @@ def outliers(a, data) -> None:
         sources = [s for s in list(DOMAINS) + ["self"] if s != x]
         index, _ = fitted(a.model, data, sources)
         head = FlashHead(w, index)
-        t = query_transform(second_moment(calibration(data, sources, 16384)[0], normalize=True))
+        t = query_transform(second_moment(calibration(data, sources)[0], normalize=True))
         far = ((w - index.centroids[index.assignments]) @ t).norm(dim=1)      # [V]
         h = data[f"{x}/eval_h"]
         top1 = (h @ w.T).argmax(1)

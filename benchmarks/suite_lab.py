@@ -15,10 +15,12 @@ recipe of every variant and name its rows (`--accents`, `--self-shares`, `--tran
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,15 +32,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 RECIPE = "kinds"
 
 
-def own_samples(model: str, data: dict, share: int, starts: int = 3, batch: int = 64,
-                accents: bool = False) -> torch.Tensor:
+@dataclass(frozen=True)
+class Recipe:
+    """How every variant of one run draws and stores its calibration (the options of main): the
+    total of positions (raise it to add a source on top, the others keeping their shares), the
+    own samples' starts, batch, accented-letter kinds and shares, the catalogs' shares, and the
+    stage-1 storage. `suffix` names the cached build, `label` the rows; defaults add nothing."""
+    positions: int = 16384
+    starts: int = 3
+    batch: int = 64
+    accents: bool = False
+    self_shares: int = 1
+    tr_shares: int = 1
+    quantization: str = "int8"
+
+    def own_key(self, share: int) -> str:
+        return (f"self@{share}-rr" + (f"-starts{self.starts}" if self.starts != 3 else "")
+                + (f"-b{self.batch}" if self.batch != 64 else "") + ("-accents" if self.accents else "")
+                + "/cal_h")
+
+    def suffix(self) -> str:
+        return ((f"-starts{self.starts}" if self.starts != 3 else "") + (f"-b{self.batch}" if self.batch != 64 else "")
+                + ("-accents" if self.accents else "") + (f"-self{self.self_shares}" if self.self_shares != 1 else "")
+                + (f"-tr{self.tr_shares}" if self.tr_shares != 1 else "")
+                + (f"-n{self.positions}" if self.positions != 16384 else ""))
+
+    def label(self, sources: str = "") -> str:
+        """The rows' name suffix, `sources` (the optional sources' names) in its place."""
+        return ((f"@starts{self.starts}" if self.starts != 3 else "") + (f"@batch{self.batch}" if self.batch != 64 else "")
+                + (f"@{self.quantization}" if self.quantization != "int8" else "") + sources
+                + ("@accents" if self.accents else "") + (f"@self{self.self_shares}" if self.self_shares != 1 else "")
+                + (f"@tr{self.tr_shares}" if self.tr_shares != 1 else ""))
+
+
+def own_samples(model: str, data: dict, share: int, recipe: Recipe = Recipe()) -> torch.Tensor:
     """The model's own samples exactly as `flashhead build` draws its share of them
     (hidden.sampled(model, tok, share), seed 0: the first sequences of each kind of start, as many
     tokens each as the share allows), generated once per share and kept in the suite's cache file."""
     from suite_data import out_path
 
-    key = (f"self@{share}-rr" + (f"-starts{starts}" if starts != 3 else "")
-           + (f"-b{batch}" if batch != 64 else "") + ("-accents" if accents else "") + "/cal_h")
+    key = recipe.own_key(share)
     if key not in data:
         from safetensors.torch import load_file, save_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -48,72 +81,62 @@ def own_samples(model: str, data: dict, share: int, starts: int = 3, batch: int 
 
         d = resolve(model)
         lm = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
-        h, _ = hidden.sampled(lm, AutoTokenizer.from_pretrained(d), share, batch=batch, starts=starts,
-                              accents=accents, progress=False)
+        h, _ = hidden.sampled(lm, AutoTokenizer.from_pretrained(d), share, batch=recipe.batch, starts=recipe.starts,
+                              accents=recipe.accents, progress=False)
         stored = load_file(str(out_path(model)))
         stored[key] = data[key] = h.contiguous()
         save_file(stored, str(out_path(model)))
     return data[key]
 
 
-def calibration(data: dict, sources: list[str], total: int, model: str | None = None, starts: int = 3,
-                batch: int = 64, accents: bool = False, self_shares: int = 1, tr_shares: int = 1):
-    """Equal shares of `total` positions from each source: (fit [N, d], held-out [M, d]), the last
+def calibration(data: dict, sources: list[str], model: str | None = None, recipe: Recipe = Recipe()):
+    """Equal shares of `recipe.positions` from each source: (fit [N, d], held-out [M, d]), the last
     quarter of every share held out (whole texts, as build.py holds out the last quarter). `self`
-    is drawn as the build draws it (own_samples) when `model` is given, `self_shares` shares of it
-    (`tr_shares` of `translations`)."""
-    share = total // len(sources)
+    is drawn as the build draws it (own_samples) when `model` is given, `recipe.self_shares` shares
+    of it (`recipe.tr_shares` of `translations`)."""
+    share = recipe.positions // len(sources)
     fit, held = [], []
     for s in sources:
         if s == "self" and model:
-            h = own_samples(model, data, share * self_shares, starts, batch, accents)
+            h = own_samples(model, data, share * recipe.self_shares, recipe)
         elif s.endswith("@eval"):     # the oracle: every position a domain is scored on, all fitted
             h = data[f"{s[:-5]}/eval_h"]
             fit.append(h)
             held.append(h[h.shape[0] - h.shape[0] // 4:])
             continue
         else:
-            h = data[f"{s}/cal_h"][:share * (tr_shares if s == "translations" else 1)]
+            h = data[f"{s}/cal_h"][:share * (recipe.tr_shares if s == "translations" else 1)]
         k = h.shape[0] - h.shape[0] // 4
         fit.append(h[:k])
         held.append(h[k:])
     return torch.cat(fit), torch.cat(held)
 
 
-def fitted(model: str, data: dict, sources: list[str], positions: int = 16384, starts: int = 3,
-           batch: int = 64, quantization: str = "int8", accents: bool = False, self_shares: int = 1,
-           tr_shares: int = 1, **kw):
-    """fit.fit_index on the sources' calibration states, cached by model and sources; -> (index, held).
-    Another stage-1 storage than int8 takes the int8 build's clusters (they do not depend on it)
-    and fits its own probes and offsets (fit.fit_probes), as `flashhead build --quantization` would."""
-    import dataclasses
-
+def fitted(model: str, data: dict, sources: list[str], recipe: Recipe = Recipe(), **kw):
+    """fit.fit_index on the sources' calibration states, cached by model, sources and recipe;
+    -> (index, held). Another stage-1 storage than int8 takes the int8 build's clusters (they do
+    not depend on it) and fits its own probes and offsets (fit.fit_probes), as `flashhead build
+    --quantization` would."""
     from flashhead import ClusterIndex, FlashHeadConfig
-    from flashhead.fit import fit_index, fit_probes
     from flashhead.cache import cache_root
-
-    fit, held = calibration(data, sources, positions, model, starts, batch, accents, self_shares, tr_shares)
-    from flashhead.fit import TARGET_AGREEMENT
-
-    kw.setdefault("target_agreement", TARGET_AGREEMENT)
     from flashhead.calibrate import USAGE_LOGITS
+    from flashhead.fit import TARGET_AGREEMENT, fit_index, fit_probes
 
+    fit, held = calibration(data, sources, model, recipe)
+    kw.setdefault("target_agreement", TARGET_AGREEMENT)
     # the recipe in the tag: a cached index of an older recipe (8 rounds, usage on every position,
     # self-samples from BOS alone) is not reused for the current one
     tag = ("-".join(sorted(sources)) + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
-           + f"-r{FlashHeadConfig().iterations}-u{USAGE_LOGITS}-kinds-asbuilt-rr" + (f"-starts{starts}" if starts != 3 else "")
-           + (f"-b{batch}" if batch != 64 else "") + ("-accents" if accents else "")
-           + (f"-self{self_shares}" if self_shares != 1 else "") + (f"-tr{tr_shares}" if tr_shares != 1 else "")
-           + (f"-n{positions}" if positions != 16384 else ""))
-    path = cache_root() / "suite" / "indices" / model / (tag + ("" if quantization == "int8" else f"-{quantization}"))
+           + f"-r{FlashHeadConfig().iterations}-u{USAGE_LOGITS}-kinds-asbuilt-rr" + recipe.suffix())
+    q = recipe.quantization
+    path = cache_root() / "suite" / "indices" / model / (tag + ("" if q == "int8" else f"-{q}"))
     if (path / "flash_head_assets").is_dir():
         return ClusterIndex.load(path / "flash_head_assets"), held
-    if quantization == "int8":
+    if q == "int8":
         index = fit_index(data["head"], fit, FlashHeadConfig(), held_out=held, **kw)
     else:
-        index, _ = fitted(model, data, sources, positions, starts, batch, accents=accents,
-                          self_shares=self_shares, tr_shares=tr_shares, **kw)
-        index.config = dataclasses.replace(index.config, quantization=quantization)
+        index, _ = fitted(model, data, sources, dataclasses.replace(recipe, quantization="int8"), **kw)
+        index.config = dataclasses.replace(index.config, quantization=q)
         index = fit_probes(index, data["head"], fit, held, kw["target_agreement"])
     index.save(path)
     return index, held
@@ -149,6 +172,8 @@ def main():
     p.add_argument("--positions", type=int, default=16384)
     p.add_argument("--eval-positions", type=int, default=3072, help="scored positions per domain")
     p.add_argument("--usage-floor", type=float, default=None, help="calibrate.USAGE_FLOOR for these builds")
+    p.add_argument("--shrink", type=float, default=0.0, help="calibrate.query_transform's shrink toward the "
+                   "identity for these builds; rows named VARIANT@shrinkS")
     p.add_argument("--starts", type=int, default=3, help="hidden.sampled's start tokens for `self` "
                    "(0: from BOS alone, the earlier recipe); rows are named VARIANT@startsN")
     p.add_argument("--self-batch", type=int, default=64, help="hidden.sampled's batch for `self` (sequences "
@@ -203,22 +228,10 @@ def main():
             plans.append((v, None, suite))
         else:
             raise SystemExit(f"unknown variant {v}")
-    if a.starts != 3:
-        plans = [(f"{name}@starts{a.starts}", s, d) for name, s, d in plans]
-    if a.self_batch != 64:
-        plans = [(f"{name}@batch{a.self_batch}", s, d) for name, s, d in plans]
-    if a.quantization != "int8":
-        plans = [(f"{name}@{a.quantization}", s, d) for name, s, d in plans]
-    if a.breadth:
-        plans = [(f"{name}@breadth", s, d) for name, s, d in plans]
-    if a.translations:
-        plans = [(f"{name}@translations", s, d) for name, s, d in plans]
-    if a.accents:
-        plans = [(f"{name}@accents", s, d) for name, s, d in plans]
-    if a.self_shares != 1:
-        plans = [(f"{name}@self{a.self_shares}", s, d) for name, s, d in plans]
-    if a.translation_shares != 1:
-        plans = [(f"{name}@tr{a.translation_shares}", s, d) for name, s, d in plans]
+    recipe = Recipe(a.positions, a.starts, a.self_batch, a.accents, a.self_shares, a.translation_shares,
+                    a.quantization)
+    label = recipe.label(("@breadth" if a.breadth else "") + ("@translations" if a.translations else ""))
+    plans = [(name + label + (f"@shrink{a.shrink:g}" if a.shrink else ""), s, d) for name, s, d in plans]
     out = json.loads(Path(a.json).read_text()) if a.json and Path(a.json).is_file() else []
     names = {name for name, _, _ in plans}
     out = [r for r in out if r["variant"] not in names]
@@ -230,9 +243,8 @@ def main():
             index = ClusterIndex(FlashHeadConfig(probes=base or 1, quantization=a.quantization), c.assignments,
                                  c.centroids, fingerprint(w))
         else:
-            kw = {} if a.usage_floor is None else {"usage_floor": a.usage_floor}
-            index, _ = fitted(a.model, data, sources, a.positions, a.starts, a.self_batch, a.quantization,
-                              accents=a.accents, self_shares=a.self_shares, tr_shares=a.translation_shares, **kw)
+            kw = ({} if a.usage_floor is None else {"usage_floor": a.usage_floor}) | ({"shrink": a.shrink} if a.shrink else {})
+            index, _ = fitted(a.model, data, sources, recipe, **kw)
             base = base or index.config.probes
         head = FlashHead(w, index)
         for dom in domains:

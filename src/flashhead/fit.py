@@ -66,26 +66,27 @@ def smallest_probes(ranks: torch.Tensor, target: float) -> int:
 def fit_index(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, device: str | None = None,
               progress: bool = False, held_out: torch.Tensor | None = None,
               target_agreement: float = TARGET_AGREEMENT, probes: int | None = None,
-              usage_floor: float | None = None) -> ClusterIndex:
+              usage_floor: float | None = None, shrink: float = 0.0) -> ClusterIndex:
     """The index of head `weight` [V, d] fitted to calibration hidden states h [N, d]:
     1. clusters: balanced k-means on W sigma_dir^(1/2), usage-weighted stage-1 vectors
        (calibrate.py; `fit_clusters`);
     2. probes and 3. the estimate's offsets (`fit_probes`).
     index.build records the seconds of each step and the held-out agreement."""
-    index = fit_clusters(weight, h, config, device, progress, usage_floor)
+    index = fit_clusters(weight, h, config, device, progress, usage_floor, shrink)
     return fit_probes(index, weight, h, held_out, target_agreement, probes, progress)
 
 
 def fit_clusters(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig, device: str | None = None,
-                 progress: bool = False, usage_floor: float | None = None) -> ClusterIndex:
-    """Step 1 of fit_index: the clusters and their stage-1 vectors (config.probes as given)."""
+                 progress: bool = False, usage_floor: float | None = None, shrink: float = 0.0) -> ClusterIndex:
+    """Step 1 of fit_index: the clusters and their stage-1 vectors (config.probes as given);
+    `shrink` pulls the metric toward the identity (calibrate.query_transform)."""
     from .calibrate import Calibration, query_transform, token_weights
 
     t0 = time.perf_counter()
     cal = Calibration.from_hidden(weight, h)
     clustering = balanced_kmeans(weight, config.cluster_size, config.iterations, config.seed, device=device,
                                  progress=progress, metric="euclidean",
-                                 transform=query_transform(cal.sigma_dir),
+                                 transform=query_transform(cal.sigma_dir, shrink),
                                  token_weights=token_weights(cal.usage, *(() if usage_floor is None else (usage_floor,))))
     index = ClusterIndex(config, clustering.assignments, clustering.centroids, fingerprint(weight),
                          build=dict(clustering.stats))
