@@ -1,6 +1,9 @@
 """Markdown tables of docs/bench/suite-MODEL.json (benchmarks/suite_lab.py) for docs/FIDELITY.md.
 
-    python benchmarks/suite_report.py smollm2-135m gemma-3-270m
+    python benchmarks/suite_report.py smollm2-135m gemma-3-270m [--write docs/FIDELITY.md]
+
+`--write` puts the tables in place in the doc: from its "### MODEL" heading of the first model to
+the next "## " heading.
 
 Per model: the default build (calibrated on the whole suite: every domain is then in-domain) per
 domain; leave one domain out (the build never saw the domain: the number for a user's unknown
@@ -100,7 +103,12 @@ def report(model: str) -> str:
         out += ["Stage 1 in int8 against int4 (a scale per 64 columns) at equal bytes (0.125 of the dense "
                 "head: int4's smaller table buys more probes), the same clusters (P: agreement / TV / "
                 "ppl ratio):\n", table(body, ["build, scored on", "int8", "int4"]), ""]
-    breadth = [(r, by.get(r["variant"].split("@")[0], {}).get(r["domain"])) for r in rows
+    # the breadth rows and their baselines come from one earlier run, kept in their own file
+    brows = json.loads(bpath.read_text()) if (bpath := Path("docs/bench") / f"suite-breadth-{model}.json").is_file() else []
+    bby = {}
+    for r in brows:
+        bby.setdefault(r["variant"], {})[r["domain"]] = r
+    breadth = [(r, bby.get(r["variant"].split("@")[0], {}).get(r["domain"])) for r in brows
                if r["variant"].endswith("@breadth")]
     if breadth:
         def cell(r):
@@ -115,16 +123,38 @@ def report(model: str) -> str:
                          p_value(sign_test(a, b)) if paired else "—"])
         out += ["Calibration breadth: the same recipe with four more languages among its sources (Polish, "
                 "Czech, Bulgarian, Chinese fortunes: corpus.LANGUAGES, `suite_lab.py --breadth`), the same "
-                "total of positions (so each source's share shrinks), P as fitted (agreement / TV / ppl "
+                f"total of positions (so each source's share shrinks); rows of one earlier run ({bpath}), "
+                "P as fitted (agreement / TV / ppl "
                 "ratio; misses fixed / added: the dense top-1 left unprobed by the default only / by the "
                 "broader build only; p: two-sided sign test):\n",
                 table(body, ["build, scored on", "default sources", "+ 4 languages", "misses fixed / added", "p"]), ""]
-    if any(not r.get("recipe") for r in rows):
+    if any(not r.get("recipe") for r in rows + brows):
         out += ["† measured on a build of the previous recipe (self-samples from BOS alone, 8 k-means "
                 "rounds, the usage statistic on every position); not rerun yet.\n"]
     return "\n".join(out)
 
 
+def write(doc: Path, text: str, first: str) -> None:
+    old = doc.read_text()
+    start = old.find(f"\n### {first}\n")
+    end = old.find("\n## ", start + 1)
+    if start < 0 or end < 0:
+        raise SystemExit(f"{doc}: no '### {first}' heading followed by a '## ' heading to write the tables between")
+    doc.write_text(old[:start + 1] + text.rstrip("\n") + "\n" + old[end:])
+
+
 if __name__ == "__main__":
-    for m in sys.argv[1:] or ["smollm2-135m", "gemma-3-270m"]:
-        print(report(m))
+    args = sys.argv[1:]
+    doc = None
+    if "--write" in args:
+        i = args.index("--write")
+        if i + 1 >= len(args):
+            raise SystemExit("--write needs the doc's path (docs/FIDELITY.md)")
+        doc = Path(args[i + 1])
+        del args[i:i + 2]
+    models = args or ["smollm2-135m", "gemma-3-270m"]
+    text = "\n".join(report(m) for m in models)
+    if doc:
+        write(doc, text, models[0])
+    else:
+        print(text)

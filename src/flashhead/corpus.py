@@ -57,7 +57,8 @@ TRANSLATIONS_LEFT_OUT = ("de", "ru", "en")
 # 512 of them 0.8 s (the 2-core host, with another job running).
 CATALOGS = 512
 DOMAINS = SUITE + EXTRA
-# Calibration sources a build takes when named (`--calibrate-on suite translations`), not by default.
+# Calibration sources a build takes when named (`--calibrate-on suite translations`), not by default:
+# measured on both models, they lift some unseen languages and cost English text (docs/FIDELITY.md).
 OPTIONAL = LANGUAGES + ("translations",)
 PACKAGES = {"prose": "fortunes fortunes-min", "german": "fortunes-de", "russian": "fortunes-ru",
             "spanish": "fortunes-es", "italian": "fortunes-it", "chat": "debian-faq", "polish": "fortunes-pl",
