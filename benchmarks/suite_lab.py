@@ -10,7 +10,8 @@ X, calibrated on every source but X, scored on X: the out-of-domain number. `ora
 default sources plus X's eval positions themselves, scored on X: what the build could reach if it
 knew the text (an upper bound, docs/FIDELITY.md "What a build can reach"). Options change the
 recipe of every variant and name its rows (`--accents`, `--self-shares`, `--translations`,
-`--breadth`, `--positions`: the total, so a source added on top keeps the others' shares).
+`--breadth`, `--shrink`, `--positions`: the total, so a source added on top keeps the others'
+shares); the drawing options are one `Recipe`, part of each cached build's name.
 """
 from __future__ import annotations
 
