@@ -39,7 +39,7 @@ def main():
     from suite_lab import fitted
 
     from flashhead import FlashHead
-    from flashhead.calibrate import second_moment
+    from flashhead.calibrate import query_transform, second_moment
     from flashhead.corpus import DOMAINS
     from flashhead.metrics import cost
 
@@ -60,11 +60,10 @@ def main():
     h = data[f"{a.domain}/eval_h"][:a.eval_positions].float()
     c, assign, P = index.centroids.float(), index.assignments, head.probes
 
-    # the metric: the calibration states' second moment, shrunk a little so A^-1 exists
-    s = second_moment(held)
-    s = 0.9 * s + 0.1 * torch.trace(s) / s.shape[0] * torch.eye(s.shape[0])
-    ev, vec = torch.linalg.eigh(s.double())
-    half, inv_half = ((vec * ev.sqrt()) @ vec.T).float(), ((vec / ev.sqrt()) @ vec.T).float()
+    # the metric: the calibration states' second moment, shrunk a little toward the identity so
+    # that A^-1 exists
+    half = query_transform(second_moment(held), shrink=0.1)
+    inv_half = torch.linalg.inv(half.double()).float()
     radius = {"euclid": bounds(w, assign, c, None), "metric": bounds(w, assign, c, half)}
     qnorm = {"euclid": h.norm(dim=1), "metric": (h @ inv_half).norm(dim=1)}
 

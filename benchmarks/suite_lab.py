@@ -47,14 +47,16 @@ class Recipe:
     tr_shares: int = 1
     quantization: str = "int8"
 
+    def _sampling(self) -> str:
+        """How the own samples are drawn, in their key and in every build's name."""
+        return ((f"-starts{self.starts}" if self.starts != 3 else "") + (f"-b{self.batch}" if self.batch != 64 else "")
+                + ("-accents" if self.accents else ""))
+
     def own_key(self, share: int) -> str:
-        return (f"self@{share}-rr" + (f"-starts{self.starts}" if self.starts != 3 else "")
-                + (f"-b{self.batch}" if self.batch != 64 else "") + ("-accents" if self.accents else "")
-                + "/cal_h")
+        return f"self@{share}-rr{self._sampling()}/cal_h"
 
     def suffix(self) -> str:
-        return ((f"-starts{self.starts}" if self.starts != 3 else "") + (f"-b{self.batch}" if self.batch != 64 else "")
-                + ("-accents" if self.accents else "") + (f"-self{self.self_shares}" if self.self_shares != 1 else "")
+        return (self._sampling() + (f"-self{self.self_shares}" if self.self_shares != 1 else "")
                 + (f"-tr{self.tr_shares}" if self.tr_shares != 1 else "")
                 + (f"-n{self.positions}" if self.positions != 16384 else ""))
 

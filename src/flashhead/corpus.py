@@ -159,6 +159,7 @@ def _legal() -> list[tuple[str, list[str]]]:
 def _mo_messages(path: Path) -> list[str]:
     """The translated strings of a gettext catalog (.mo: GNU gettext's binary format), plural forms
     apart, in the catalog's own charset; [] for a file that is not a readable catalog."""
+    import codecs
     import struct
 
     raw = path.read_bytes()
@@ -179,7 +180,7 @@ def _mo_messages(path: Path) -> list[str]:
     header = next((v for k, v in entries if not k), b"").decode("ascii", errors="replace")
     charset = (re.search(r"charset=([\w.-]+)", header) or [None, "utf-8"])[1]
     try:
-        "".encode(charset)
+        codecs.lookup(charset)
     except LookupError:
         charset = "utf-8"
     return [m for k, v in entries if k for m in v.decode(charset, errors="replace").split("\0") if m.strip()]
