@@ -36,7 +36,7 @@ def hf_rows(model: str, model_dir: str, dtype: str, tokens: int) -> dict:
     r = bench(model_dir, batches=(1,), dtype=dtype, new_tokens=tokens, build=False, repeats=30, decode_repeats=3)
     head = r["head"][0]
     return {"model": model, "integration": f"transformers {dtype}", "probes": r["probes"],
-            "step_dense_ms": 1e3 / r["decode"]["dense_tok_s"], "step_flashhead_ms": 1e3 / r["decode"]["flashhead_tok_s"],
+            "step_dense_ms": 1e3 / r["decode"][0]["dense_tok_s"], "step_flashhead_ms": 1e3 / r["decode"][0]["flashhead_tok_s"],
             "head_dense_ms": head["dense_us"] / 1e3, "head_flashhead_ms": head["flashhead_us"] / 1e3}
 
 

@@ -17,7 +17,7 @@ import time
 import torch
 
 from flashhead.head import FlashHead
-from flashhead.integrations.llamacpp import gguf_head
+from flashhead.backends.llamacpp import gguf_head
 from flashhead.kernels import cpu, native
 from flashhead.layout import load_assets
 from flashhead.sources import gguf_of

@@ -59,10 +59,11 @@ for m in models:
         print(f"| {r['batch']} | {r['distinct_rows']:,} | {r['dense_us']:.0f} ({r['dense_iqr_us']:.0f}) | {r['flashhead_us']:.0f} ({r['flashhead_iqr_us']:.0f}) | "
               f"{r['speedup']:.2f}x | {r['greedy_speedup']:.2f}x | {r['dense_gb_s']:.1f} | {r['flashhead_gb_s']:.1f} | "
               f"{r['dense_floor_us']:.0f} | {r['flashhead_floor_us']:.0f} |")
-    d = b["decode"]
-    print(f"\nDecode (transformers `generate`, greedy, batch 1, prompt {d['prompt']!r} = {d['prompt_tokens']} tokens, "
-          f"{d['new_tokens']} new tokens, median of {d['repeats']} alternating runs): dense **{d['dense_tok_s']:.1f} tok/s**, "
-          f"FlashHead **{d['flashhead_tok_s']:.1f} tok/s** ({d['speedup']:.2f}x).\n")
+    d = b["decode"][0]
+    print(f"\nDecode (the transformers backend, flashhead's generate loop, greedy, batch {d['batch']}, prompt "
+          f"{b['prompt']!r} = {b['prompt_tokens']} tokens, {d['new_tokens']} new tokens, median of alternating "
+          f"runs): dense **{d['dense_tok_s']:.1f} tok/s**, FlashHead **{d['flashhead_tok_s']:.1f} tok/s** "
+          f"({d['speedup']:.2f}x).\n")
     sec = b["build"]["seconds"]
     print(f"Build (`flashhead build`, recorded in the directory): {sec['total']:.0f} s = calibration "
           f"{sec['calibration']:.0f} s + clustering ({b['build']['iterations']} rounds) {sec['clustering']:.0f} s "
@@ -72,13 +73,17 @@ import glob
 ll = [json.load(open(f"docs/bench/llamacpp-{m}.json")) for m in models
       if glob.glob(f"docs/bench/llamacpp-{m}.json")]
 if ll:
-    print("## llama.cpp (`flashhead bench DIR --backend llamacpp --batch 1,4 --new-tokens 64 --decode-repeats 5`)\n")
+    print("## llama.cpp (`flashhead bench DIR --backend llamacpp --batch 1,4,8 --exact --new-tokens 128 --decode-repeats 3`)\n")
     print("llama.cpp's own dense decode against llama.cpp's body + FlashHead on the same GGUF file, threads and "
-          "prompt, in one process, alternating (src/flashhead/bench_llamacpp.py). FlashHead stops llama.cpp's "
+          "prompt, in one process, alternating (src/flashhead/bench.py `bench_decode`, the one generate loop of tools/generate.py). FlashHead stops llama.cpp's "
           "graph at `result_norm` and scores the head's Q8_0 rows itself, as llama.cpp computes them (so with "
           "every cluster probed it picks llama.cpp's tokens, tests/test_llamacpp.py). Body = llama.cpp's graph "
           "without the output projection; head = FlashHead's step; free-head bound = dense step / body, the "
-          "speedup a head costing nothing would give. Greedy, median decode tokens/s (prefill excluded).\n")
+          "speedup a head costing nothing would give. Greedy, median decode tokens/s (prefill excluded), end "
+          "tokens ignored. Exact = verified decoding (tools/generate.py): FlashHead proposes up to K tokens "
+          "per sequence, the dense head checks them in one pass over its rows (`Q8Rows.dense_argmax`), the "
+          "first disagreement takes the dense token and the cache is cut back; its output is checked equal "
+          "to the dense run's (`exact = dense`). ms per token: after the prefill, every sequence's tokens.\n")
     for b in ll:
         mem = b["memory"]
         name = b["model_dir"].rstrip("/").split("/")[-1]
@@ -88,14 +93,64 @@ if ll:
               f"(its head {mem['head_bytes_in_gguf'] / 2**20:.0f} MiB), FlashHead's index "
               f"{mem['flashhead_index_bytes'] / 2**20:.1f} MiB + the head's Q8_0 rows in cluster order "
               f"{mem['flashhead_arranged_rows_bytes'] / 2**20:.0f} MiB.\n")
-        print("| probes | batch | dense tok/s | FlashHead tok/s | speedup | dense step ms | FlashHead body ms | "
-              "FlashHead head ms | free-head bound | same greedy tokens |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in b["decode"]:
-            print(f"| {r.get('probes', b['probes'])} | {r['batch']} | {r['dense_tok_s']:.1f} | {r['flashhead_tok_s']:.1f} | "
-                  f"{r['speedup']:.2f}x | {r['dense_step_ms']:.2f} | {r['flashhead_body_ms']:.2f} | "
-                  f"{r['flashhead_head_ms']:.2f} | {r['bound']:.2f}x | {r['identical_prefix_tokens']} of {r['new_tokens']} |")
+        from flashhead.bench import format_decode
+
+        print(f"Prompt: {b['prompt_tokens']} tokens of {b.get('prompt_domain') or 'an English sentence'}.\n")
+        print(format_decode(b))
         print()
+exact_files = sorted(glob.glob("docs/bench/exact-*.json"))
+if exact_files:
+    print("## Verified decoding (exact mode) on text no calibration source covers\n")
+    print("`flashhead bench DIR --backend llamacpp --batch 1 --exact --new-tokens 128 --decode-repeats 3 --domain "
+          "LANG`: the prompt is the start of the language's eval text (corpus.py: Polish and Chinese fortunes, "
+          "which no build calibrates on). Dense, FlashHead and exact side by side in one run; ms per token "
+          "after the prefill; mean K = proposals per check; rejected steps = body steps whose tokens the check "
+          "replaced.\n")
+    print("| model | language | prompt tokens | dense tok/s | llama.cpp defaults dense tok/s | FlashHead tok/s | "
+          "exact tok/s | exact speedup (vs defaults) | acceptance | mean K | exact ms per token: body / head / "
+          "check | exact = dense |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for f in exact_files:
+        b = json.load(open(f))
+        r = b["decode"][0]
+        name = b["model_dir"].rstrip("/").split("/")[-1].removesuffix("-flashhead")
+        print(f"| {name} | {b.get('prompt_domain')} | {b['prompt_tokens']} | {r['dense_tok_s']:.1f} | "
+              f"{r['defaults_dense_tok_s']:.1f} | {r['flashhead_tok_s']:.1f} | {r['exact_tok_s']:.1f} | "
+              f"{r['exact_speedup']:.2f}x ({r['exact_speedup_vs_defaults']:.2f}x) | "
+              f"{r['acceptance']:.3f} | {r['mean_draft']:.1f} | {r['exact_body_ms']:.2f} / {r['exact_head_ms']:.2f} / "
+              f"{r['exact_check_ms']:.2f} | {'yes' if r['exact_identical_to_dense'] else 'NO'} |")
+    print()
+checks = sorted(glob.glob("docs/bench/dense-check-*.json"))
+if checks:
+    print("## The check's cost per position (`python benchmarks/dense_check.py MODEL`)\n")
+    print("The dense head over K positions: flashhead's Q8_0 kernel (each row read once for all K states; "
+          "`argmax`: the greedy tokens only, no [K, V] logits written; `logits`: all of them) against "
+          "llama.cpp's own head in one llama_decode of K tokens (logits for all K minus the same decode with "
+          "none, where llama.cpp skips its output projection). ms per position, median of 7.\n")
+    print("| model | K | flashhead argmax | flashhead logits | llama.cpp's head |")
+    print("|---|---:|---:|---:|---:|")
+    for f in checks:
+        c = json.load(open(f))
+        name = c["gguf"].split("/")[-1]
+        for r in c["rows"]:
+            print(f"| {name} | {r['positions']} | {r['flashhead_argmax_ms_per_position']:.2f} | "
+                  f"{r['flashhead_logits_ms_per_position']:.2f} | {r['llamacpp_head_ms_per_position']:.2f} |")
+    print()
+att = sorted(glob.glob("docs/bench/llamacpp-settings-*.json"))
+if att:
+    print("## llama.cpp's settings (`python benchmarks/llamacpp_settings.py MODEL`)\n")
+    print("llama.cpp's own dense decode under its CPU defaults and under the settings flashhead's backend uses "
+          "(a cache per sequence, flash attention off: hidden states that do not depend on the batch), "
+          "alternating in one process; and whether a prompt's greedy tokens alone equal its tokens in a batch "
+          "with three other prompts.\n")
+    print("| model | setting | dense tok/s batch 1 | dense tok/s batch 4 | same tokens alone and in a batch |")
+    print("|---|---|---:|---:|---:|")
+    for f in att:
+        a = json.load(open(f))
+        for r in a["rows"]:
+            print(f"| {a['gguf'].split('/')[-1]} | {r['setting']} | {r['dense_tok_s_batch1']:.1f} | "
+                  f"{r['dense_tok_s_batch4']:.1f} | {'yes' if r['same_tokens_alone_and_in_a_batch'] else 'no'} |")
+    print()
 amdahl = Path("docs/bench/amdahl.json")
 if amdahl.is_file():
     sys.path.insert(0, str(Path(__file__).resolve().parent))

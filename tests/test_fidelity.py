@@ -108,9 +108,10 @@ def test_worst_domain_left_out(suite, plain, smollm2_hf_dir, tmp_path_factory):
     assert head.probes == plain.probes                   # both at the bytes cap: equal bytes
     H, y = data["legal"]
     r = evaluate_hidden(head, w, H, y, [head.probes], chunk=256)[0]
-    # measured (2026-11-30, the 2-core host): 94.97% / 0.0653 / ppl ratio 2.52 (suite_lab.py's
-    # `without legal` row, 3,072 positions: 95.12% / 0.0638 / 2.66); floors 1 point, +50% TV
-    assert r["top1_agreement"] >= 0.9497 - 0.01, r["top1_agreement"]
+    # measured: 94.97% / 0.0653 / ppl ratio 2.52 on the 2-core AVX2 host, 93.65% on a 2-core
+    # AVX-512 (Zen 4) host: the build's numerics follow the instruction set (other clusters), so the
+    # floor is the lower host's value less 0.65 points; TV +50%
+    assert r["top1_agreement"] >= 0.930, r["top1_agreement"]
     assert r["tv_distance"] <= 0.0653 * 1.5, r["tv_distance"]
     # no domain worse than the uncalibrated recipe at equal bytes, left out too (measured: 103
     # against 248 of 2,048 dense top-1 tokens unprobed)

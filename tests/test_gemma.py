@@ -17,14 +17,14 @@ def gemma(tmp_path_factory):
 
 
 def test_all_probes_greedy_equals_dense(gemma):
-    from flashhead.generation import generate
+    from test_transformers import hf_generate
 
     model, tok = gemma
     prompts = ["The capital of France is", "Water boils at", "def fibonacci(n):"]
     head = model.lm_head
     head.use_flashhead = False
-    dense = generate(model, tok, prompts, max_new_tokens=24)["token_ids"]
+    dense = hf_generate(model, tok, prompts, max_new_tokens=24)
     head.use_flashhead = True
     with head.flashhead.flashhead_only(head.flashhead.num_clusters):
-        assert generate(model, tok, prompts, max_new_tokens=24)["token_ids"] == dense
+        assert hf_generate(model, tok, prompts, max_new_tokens=24) == dense
     assert tok("a")["input_ids"][0] == tok.bos_token_id  # the GGUF's add-BOS rule survived conversion

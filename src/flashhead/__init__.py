@@ -11,4 +11,14 @@ from .clustering import balanced_kmeans
 from .index import ClusterIndex
 from .head import FlashHead
 
-__all__ = ["FlashHead", "FlashHeadConfig", "FlashHeadError", "ClusterIndex", "balanced_kmeans", "__version__"]
+
+
+def load(model_dir, backend: str = "auto", **kwargs):
+    """Open a FlashHead model directory on a backend (llama.cpp or transformers) -> a Model with
+    `generate(prompts, mode="fast" | "exact" | "dense", ...)` (tools/model.py)."""
+    from .tools.model import load as _load
+
+    return _load(model_dir, backend, **kwargs)
+
+
+__all__ = ["load", "FlashHead", "FlashHeadConfig", "FlashHeadError", "ClusterIndex", "balanced_kmeans", "__version__"]

@@ -122,31 +122,68 @@ def bench_head(head, weight: torch.Tensor, H: torch.Tensor, batches: list[int], 
     return rows
 
 
-def bench_decode(model, tokenizer, prompt: str, new_tokens: int, repeats: int = 3) -> dict:
-    """Greedy decode tokens/s, dense head vs FlashHead, alternating runs in one process."""
-    lm = model.lm_head
-    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  temperature=None, top_p=None, top_k=None, pad_token_id=pad)
-    times = {True: [], False: []}
-    with torch.inference_mode():
-        for flag in (False, True):  # warm-up, both sides
-            lm.use_flashhead = flag
-            model.generate(**enc, **dict(kwargs, max_new_tokens=2, min_new_tokens=2))
+def bench_decode(model, batches, new_tokens: int, repeats: int = 3, exact: bool = False,
+                 prompt: str | None = None, reference=None) -> list[dict]:
+    """Decode tokens/s per batch size on one Model (tools/model.py), its backend's dense head vs
+    FlashHead (and verified decoding with `exact`), alternating runs in one process: B copies of
+    the prompt decoded together, greedy, `new_tokens` each (end tokens ignored), median of
+    `repeats`. Per token: the body, the head and (exact) the check; acceptance and mean K.
+    `reference`: another backend whose own dense decode is timed alongside (llama.cpp under its
+    default settings), and the speedups against it."""
+    from .tools.generate import generate
+    from .metrics import common_prefix
+
+    prompt = prompt or PROMPT
+    modes = ["dense", "fast"] + (["exact"] if exact else [])
+    rows = []
+    for b in batches:
+        prompts = [prompt] * b
+        runs = {m: [] for m in modes}
+        ref = []
+
+        def run(m, n):
+            if m == "reference":
+                return generate(reference, None, prompts, max_new_tokens=n, mode="dense", ignore_end=True)
+            return model.generate(prompts, max_new_tokens=n, mode=m, ignore_end=True)
+        sides = modes + (["reference"] if reference is not None else [])
+        for m in sides:                                    # warm-up
+            run(m, 4)
         for _ in range(repeats):
-            for flag in (False, True):
-                lm.use_flashhead = flag
-                t0 = time.perf_counter()
-                model.generate(**enc, **kwargs)
-                _sync(model.device.type)
-                times[flag].append(time.perf_counter() - t0)
-    lm.use_flashhead = True
-    dense = new_tokens / statistics.median(times[False])
-    flash = new_tokens / statistics.median(times[True])
-    return {"prompt": prompt, "prompt_tokens": int(enc["input_ids"].shape[1]), "new_tokens": new_tokens,
-            "repeats": repeats, "dense_tok_s": dense, "flashhead_tok_s": flash, "speedup": flash / dense,
-            "dense_s": times[False], "flashhead_s": times[True]}
+            for m in sides:
+                (ref if m == "reference" else runs[m]).append(run(m, new_tokens))
+        med = {m: statistics.median(r["decode_tokens_per_second"] for r in runs[m]) for m in modes}
+        step_ms = {m: 1e3 * b / med[m] for m in modes}     # per decode step (all B sequences)
+
+        def per_token(m, key):        # ms per token decoded after the prefill (all sequences')
+            return 1e3 * statistics.median(r[key] for r in runs[m]) / (b * (new_tokens - 1))
+        body_ms = b * per_token("fast", "body_seconds")        # per decode step, like step_ms
+        d, f = runs["dense"][-1]["token_ids"], runs["fast"][-1]["token_ids"]
+        row = {"batch": b, "dense_tok_s": med["dense"], "flashhead_tok_s": med["fast"],
+               "speedup": med["fast"] / med["dense"], "dense_step_ms": step_ms["dense"],
+               "flashhead_step_ms": step_ms["fast"], "flashhead_body_ms": body_ms,
+               "flashhead_head_ms": b * per_token("fast", "head_seconds"), "bound": step_ms["dense"] / body_ms,
+               "identical_prefix_tokens": min(common_prefix(x, y) for x, y in zip(d, f)),
+               "new_tokens": new_tokens, "probes": model.head.probes}
+        if ref:
+            r_tok_s = statistics.median(r["decode_tokens_per_second"] for r in ref)
+            row.update({"defaults_dense_tok_s": r_tok_s, "speedup_vs_defaults": med["fast"] / r_tok_s,
+                        "defaults_identical_to_dense": all(r["token_ids"] == d for r in ref)})
+            if exact:
+                row["exact_speedup_vs_defaults"] = med["exact"] / r_tok_s
+        if exact:
+            e = runs["exact"]
+            stats = e[-1]["exact"]
+            row.update({"exact_tok_s": med["exact"], "exact_speedup": med["exact"] / med["dense"],
+                        "exact_step_ms": step_ms["exact"],
+                        "exact_body_ms": per_token("exact", "body_seconds"),
+                        "exact_head_ms": per_token("exact", "head_seconds"),
+                        "exact_check_ms": per_token("exact", "check_seconds"),
+                        "exact_rejected_steps_per_token": stats["rejected_steps"] / (b * new_tokens),
+                        "acceptance": statistics.median(r["exact"]["acceptance"] for r in e),
+                        "mean_draft": statistics.median(r["exact"]["mean_draft"] for r in e),
+                        "exact_identical_to_dense": all(r["token_ids"] == d for r in e)})
+        rows.append(row)
+    return rows
 
 
 def bench_random(vocab: int, hidden: int, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "float32",
@@ -190,34 +227,93 @@ def _check(batches, repeats, new_tokens, device, dtype) -> None:
 PROMPT = "The old lighthouse keeper climbed the stairs every evening and"
 
 
+def domain_prompt(domain: str, words: int = 48) -> str:
+    """A decode benchmark's prompt from real text: the first `words` words of a suite domain's (or
+    language's) eval documents (corpus.py), for scripts without spaces the first 2 x `words`
+    characters."""
+    from .corpus import DOMAINS, LANGUAGES
+
+    if domain not in DOMAINS + LANGUAGES or domain == "chat":
+        raise FlashHeadError(f"unknown domain {domain!r}: choose from "
+                             f"{', '.join(d for d in DOMAINS + LANGUAGES if d != 'chat')}")
+    text = " ".join(corpus.load("eval", domain)[:8])
+    split = text.split()
+    return " ".join(split[:words]) if len(split) >= words else text[: 2 * words]
+
+
 def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "float32",
           probes: int | None = None, new_tokens: int = 32, repeats: int = 20, decode_repeats: int = 3,
-          build: bool = True, decode: bool = True, prompt: str = PROMPT) -> dict:
-    """Head-level, decode and build benchmarks of a FlashHead model directory -> one dict."""
-    from .integrations import hf
+          build: bool = True, decode: bool = True, prompt: str = PROMPT, backend: str = "transformers",
+          gguf=None, exact: bool = False, decode_batches=None, arrange: bool = True, threads: int | None = None) -> dict:
+    """Benchmarks of a FlashHead model directory -> one dict. transformers: the head alone (dense vs
+    FlashHead on real hidden states, per batch size) and decode; llama.cpp: decode on the GGUF
+    file against llama.cpp's own dense head, and the memory FlashHead adds."""
+    from .backends import choose
+    from .tools.model import load
 
+    name = choose(backend)
+    prompt = prompt or PROMPT
     _check(batches, repeats, new_tokens, device, dtype)
+    decode_batches = list(decode_batches or [1])
+    if name == "llamacpp":
+        import llama_cpp
+
+        if device != "cpu":
+            raise FlashHeadError("the llama.cpp backend runs on the CPU here: leave out --device")
+        n = max(decode_batches)
+        model = load(model_dir, "llamacpp", gguf=gguf, probes=probes, arrange=arrange, threads=threads,
+                     max_sequences=n, n_ctx=new_tokens + 1024)
+        from .backends.llamacpp import LlamaCppBackend
+
+        # llama.cpp's own dense decode as a user runs it: its default settings (backends/llamacpp.py)
+        reference = LlamaCppBackend(model.backend.path, n_ctx=new_tokens + 1024, threads=threads, max_sequences=n,
+                                    flash_attn=-1, unified=True, repack=True)
+        try:
+            head, mem = model.head, model.memory()
+            out = {"backend": "llamacpp", "model_dir": str(model_dir), "gguf": str(model.backend.path),
+                   "llama_cpp_python": llama_cpp.__version__, "probes": head.probes,
+                   "clusters": head.num_clusters, "vocab": model.backend.vocab, "hidden": model.backend.hidden,
+                   "head_form": "Q8_0 (in the GGUF file)" if mem["head_bytes_in_gguf"] else "fp32 copy",
+                   "prompt": prompt, "prompt_tokens": len(model.backend.tokenize(prompt)),
+                   "repeats": decode_repeats, "machine": machine("cpu", bandwidth("cpu")) | {"threads": model.backend.threads},
+                   "memory": mem,
+                   "decode": bench_decode(model, decode_batches, new_tokens, decode_repeats, exact, prompt,
+                                          reference)}
+        finally:
+            model.close()
+            reference.close()
+        return out
     torch_dtype = DTYPES[dtype]
-    model, tok = hf.load(model_dir, probes=probes, dtype=torch_dtype, device=device)
-    lm = model.lm_head
+    model = load(model_dir, "transformers", probes=probes, dtype=torch_dtype, threads=threads,
+                 max_sequences=max(decode_batches))
+    hf_model, tok = model.backend.model, model.backend.tokenizer
+    if device != "cpu":           # the backend takes its device from the model's weight
+        from .backends.transformers import TransformersBackend
+        from .tools.model import Model
+
+        hf_model.to(device)
+        model = Model(TransformersBackend(hf_model, tok, max(decode_batches)), hf_model.lm_head.flashhead, model_dir)
+    lm = hf_model.lm_head
     head, weight = lm.flashhead, lm.weight.detach()
     # real hidden states: held-out text through the model's body. A batch of a decode step holds
     # different sequences, so its rows are drawn across the texts (consecutive positions of one
     # text probe more of the same clusters, which would flatter the CPU kernel's shared gather).
     from .hidden import teacher_forced
 
-    H, _ = teacher_forced(model, tok, corpus.load("eval"), max_positions=max(4 * max(batches), 1024))
+    H, _ = teacher_forced(hf_model, tok, corpus.load("eval"), max_positions=max(4 * max(batches), 1024))
     H = H[torch.randperm(H.shape[0], generator=torch.Generator().manual_seed(0))]
     if H.shape[0] < max(batches):
         H = H.repeat(-(-max(batches) // H.shape[0]), 1)
     H = H.to(device=device, dtype=torch_dtype)
     bw = bandwidth(device)
-    out = {"model": str(model_dir), "vocab": head.vocab, "hidden": head.hidden, "clusters": head.num_clusters,
-           "cluster_size": head.cluster_size, "probes": head.probes, "quantization": head.config.quantization,
-           "dtype": dtype, "device": device, "machine": machine(device, bw),
+    out = {"backend": "transformers", "model": str(model_dir), "vocab": head.vocab, "hidden": head.hidden,
+           "clusters": head.num_clusters, "cluster_size": head.cluster_size, "probes": head.probes,
+           "quantization": head.config.quantization, "dtype": dtype, "device": device,
+           "machine": machine(device, bw),
            "head": bench_head(head, weight, H, list(batches), device, bw, repeats=repeats)}
     if decode:
-        out["decode"] = bench_decode(model, tok, prompt, new_tokens, decode_repeats)
+        out["prompt"], out["prompt_tokens"] = prompt, len(tok(prompt)["input_ids"])
+        out["decode"] = bench_decode(model, decode_batches, new_tokens, decode_repeats, exact, prompt)
     if build:   # as recorded by `flashhead build` (calibration, clustering, probes; peak memory)
         from .layout import load_assets
 
@@ -225,6 +321,35 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
         out["build"] = {"seconds": recorded.get("seconds"), "peak_rss_mb": recorded.get("peak_rss_mb"),
                         "iterations": head.config.iterations, "cluster_size": head.cluster_size}
     return out
+
+
+def format_decode(result: dict) -> str:
+    """Markdown: one row per batch size (and the exact mode's columns when measured)."""
+    rows = result["decode"]
+    exact = "exact_tok_s" in rows[0]
+    head = ("| probes | batch | dense tok/s | FlashHead tok/s | speedup | dense step ms | FlashHead body ms | "
+            "FlashHead head ms | free-head bound | same greedy tokens |")
+    defaults = "defaults_dense_tok_s" in rows[0]
+    if defaults:
+        head += " llama.cpp defaults dense tok/s | speedup vs defaults |"
+    if exact:
+        head += (" exact tok/s | exact speedup" + (" (vs defaults)" if defaults else "") + " | acceptance | mean K | exact ms per token: body / head / check "
+                 "| rejected steps per token | exact = dense |")
+    lines = [head, "|" + "---:|" * (head.count("|") - 1)]
+    for r in rows:
+        line = (f"| {r['probes']} | {r['batch']} | {r['dense_tok_s']:.1f} | {r['flashhead_tok_s']:.1f} | "
+                f"{r['speedup']:.2f}x | {r['dense_step_ms']:.2f} | {r['flashhead_body_ms']:.2f} | "
+                f"{r['flashhead_head_ms']:.2f} | {r['bound']:.2f}x | {r['identical_prefix_tokens']} of {r['new_tokens']} |")
+        if defaults:
+            line += f" {r['defaults_dense_tok_s']:.1f} | {r['speedup_vs_defaults']:.2f}x |"
+        if exact:
+            vs = f" ({r['exact_speedup_vs_defaults']:.2f}x)" if defaults else ""
+            line += (f" {r['exact_tok_s']:.1f} | {r['exact_speedup']:.2f}x{vs} | {r['acceptance']:.3f} | "
+                     f"{r['mean_draft']:.1f} | {r['exact_body_ms']:.2f} / {r['exact_head_ms']:.2f} / "
+                     f"{r['exact_check_ms']:.2f} | {r['exact_rejected_steps_per_token']:.3f} | "
+                     f"{'yes' if r['exact_identical_to_dense'] else 'NO'} |")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def plot(result: dict, path) -> None:

@@ -84,16 +84,18 @@ def suite_texts(model, tokenizer, domain: str, split: str = "eval") -> list[str]
 
 
 def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], new_tokens: int) -> dict:
-    from .generation import generate
+    """Mean identical greedy prefix of FlashHead's generations against the dense head's, per probe
+    count (the one generate loop, tools/generate.py, on the transformers backend)."""
+    from .backends.transformers import TransformersBackend
+    from .tools.generate import generate
 
-    lm = model.lm_head
-    lm.use_flashhead = False
-    dense = generate(model, tokenizer, prompts, max_new_tokens=new_tokens)["token_ids"]
-    lm.use_flashhead = True
+    backend = TransformersBackend(model, tokenizer, max_sequences=len(prompts))
+    head = model.lm_head.flashhead
+    dense = generate(backend, None, prompts, max_new_tokens=new_tokens, mode="dense")["token_ids"]
     out = {}
     for p in probes:                         # FlashHead at every probe count, not the dense rule
-        with lm.flashhead.flashhead_only(p):
-            flash = generate(model, tokenizer, prompts, max_new_tokens=new_tokens)["token_ids"]
+        with head.flashhead_only(p):
+            flash = generate(backend, head, prompts, max_new_tokens=new_tokens)["token_ids"]
         out[p] = sum(metrics.common_prefix(a, b) for a, b in zip(dense, flash)) / len(prompts)
     return out
 
@@ -152,6 +154,54 @@ def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: l
                      prompts, new_tokens, stop_ids=stop)
         r["in_domain"] = d in seen
         out["domains"][d] = r
+    out["worst"] = worst_domains(out["domains"])
+    return out
+
+
+def backend_hidden(backend, texts: list[str], max_positions: int):
+    """Teacher-forced hidden states [N, d] and next tokens [N] from a Backend, text by text (each
+    within the backend's context)."""
+    hs, ts, n = [], [], 0
+    for text in texts:
+        ids = backend.tokenize(text)[: backend.n_ctx]
+        if len(ids) < 2:
+            continue
+        h = backend.hidden_states(ids)[:-1]
+        hs.append(h[: max_positions - n])
+        ts.append(torch.tensor(ids[1:len(hs[-1]) + 1]))
+        n += hs[-1].shape[0]
+        if n >= max_positions:
+            break
+    if not hs:
+        raise FlashHeadError("no text with two or more tokens")
+    return torch.cat(hs), torch.cat(ts)
+
+
+def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] | None = None,
+                     max_positions: int = 3072, progress: bool = False) -> dict:
+    """Teacher-forced fidelity per suite domain on any backend (a tools.model.Model): hidden states
+    from its body, against its own dense head (llama.cpp: the products llama.cpp computes on the
+    GGUF's Q8_0 rows). The chat domain needs the transformers model to answer its questions
+    (chat.py): `flashhead eval` without --backend measures it."""
+    from . import corpus
+
+    backend, head = model.backend, model.head
+    probes = sorted(set(probes or [head.probes]))
+    seen = set((head.build.get("calibration") or {}).get("sources") or [])
+    out = {"backend": backend.name, "vocab": backend.vocab, "hidden": backend.hidden,
+           "clusters": head.num_clusters, "cluster_size": head.cluster_size,
+           "skipped": [] if domains else ["chat (answered by the transformers model: flashhead eval without "
+                                          "--backend)"], "domains": {}}
+    if backend.name == "llamacpp":
+        out["gguf"] = str(backend.path)
+    for d in domains or [d for d in corpus.SUITE if d != "chat"]:
+        if d == "chat":
+            raise FlashHeadError("the chat domain is measured with `flashhead eval` on transformers only")
+        if progress:
+            print(f"eval ({backend.name}): {d}", flush=True)
+        H, targets = backend_hidden(backend, corpus.load("eval", d), max_positions)
+        rows = evaluate_hidden(head, head.weight, H, targets, probes)
+        out["domains"][d] = {"positions": int(H.shape[0]), "in_domain": d in seen, "results": rows}
     out["worst"] = worst_domains(out["domains"])
     return out
 

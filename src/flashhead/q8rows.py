@@ -1,7 +1,7 @@
 """A head weight [V, d] kept in GGUF's Q8_0 form: the model file's own bytes, never a dense copy.
 
 Each row is d/32 blocks of (fp16 scale, 32 int8): 34 bytes per 32 values, 0.27 of fp32's bytes.
-llama.cpp models (integrations/llamacpp.py) tie or store their head this way; FlashHead reads the
+llama.cpp models (backends/llamacpp.py) tie or store their head this way; FlashHead reads the
 probed rows in place through the native kernel (kernels/q8_0.c), so the extra memory FlashHead adds
 is its index only. `gather_rows` and `dense_logits` are the two ways the rest of the core reaches a
 head weight's values, whichever form it has.
@@ -26,7 +26,8 @@ class Q8Rows:
                 or blocks.shape[1] != hidden // QK * BLOCK_BYTES or not blocks.is_contiguous():
             raise FlashHeadError(f"not a Q8_0 head of hidden size {hidden}: uint8 "
                                  f"{list(blocks.shape)}, contiguous={blocks.is_contiguous()}")
-        self.blocks = blocks
+        self.blocks = blocks      # the rows stage 2 reads: the file's, or a cluster-ordered copy
+        self.file_blocks = blocks   # the file's rows by token id (the dense head reads these)
         self.shape = torch.Size([blocks.shape[0], hidden])
         self.nbytes = blocks.numel()
         self.row_of = None        # token -> row of `blocks` once arranged in cluster order
@@ -79,6 +80,29 @@ class Q8Rows:
         return out
 
 
+    def dense(self, h: torch.Tensor) -> torch.Tensor:
+        """The dense head [N, V] fp32 for hidden states h [N, d]: every row of the file in one pass,
+        each row read once for all N states (kernels/q8_0.c fh_q8_dense), each logit the product
+        `dot` computes for that token, bit for bit."""
+        h = h.float().contiguous()
+        out = torch.empty(h.shape[0], self.shape[0])
+        self._lib().fh_q8_dense(self.file_blocks.data_ptr(), self.file_blocks.shape[1], self.shape[0],
+                                h.data_ptr(), h.shape[0], self.shape[1], out.data_ptr(), self.threads)
+        return out
+
+
+    def dense_argmax(self, h: torch.Tensor) -> torch.Tensor:
+        """The dense head's greedy tokens [N] for h [N, d]: `dense(h).argmax(1)`, without the
+        [N, V] logits (kernels/q8_0.c fh_q8_dense_argmax)."""
+        h = h.float().contiguous()
+        best = torch.empty(h.shape[0], dtype=torch.int64)
+        value = torch.empty(h.shape[0])
+        self._lib().fh_q8_dense_argmax(self.file_blocks.data_ptr(), self.file_blocks.shape[1], self.shape[0],
+                                       h.data_ptr(), h.shape[0], self.shape[1], best.data_ptr(),
+                                       value.data_ptr(), self.threads)
+        return best
+
+
 def gather_rows(weight, ids: torch.Tensor) -> torch.Tensor:
     """Rows [R, d] of a head weight (a tensor in its own dtype, or Q8Rows dequantized to fp32)."""
     if isinstance(weight, Q8Rows):
@@ -89,5 +113,5 @@ def gather_rows(weight, ids: torch.Tensor) -> torch.Tensor:
 def dense_logits(weight, h: torch.Tensor) -> torch.Tensor:
     """The dense head h @ W.T [N, V] (the dense rule's path and the exact reference)."""
     if isinstance(weight, Q8Rows):
-        return weight.dot(torch.arange(weight.shape[0]), h)
+        return weight.dense(h)
     return torch.nn.functional.linear(h, weight)

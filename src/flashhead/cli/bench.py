@@ -12,6 +12,7 @@ EPILOG = """examples:
   flashhead bench models/smollm2-flashhead --smoke     (tiny sizes: checks that it runs)
   flashhead bench --random-head 128256x2048 --device cuda --dtype bfloat16   (Llama-3.2-1B-shaped head)
   flashhead bench models/gemma-3-270m-flashhead --backend llamacpp --batch 1,4 --json   (llama.cpp decode)
+  flashhead bench models/gemma-3-270m-flashhead --backend llamacpp --exact --new-tokens 128   (+ verified decoding)
 """
 
 
@@ -37,12 +38,23 @@ def add_arguments(p):
                    "was built from)")
     p.add_argument("--in-place", action="store_true", help="llamacpp: read the head's rows in the file's "
                    "order (no cluster-ordered copy; docs/LLAMACPP.md)")
+    p.add_argument("--exact", action="store_true", help="decode: verified decoding too (output checked "
+                   "equal to dense; acceptance, K, the check's cost)")
+    p.add_argument("--prompt", default=None, help="decode: the prompt (default: an English sentence, "
+                   "flashhead.bench.PROMPT)")
+    p.add_argument("--domain", default=None, help="decode: the prompt from the start of a suite domain's "
+                   "or language's eval text (corpus.py: prose, docs, code, legal, german, russian, polish, "
+                   "czech, bulgarian, chinese)")
+    p.add_argument("--decode-batch", type=int_list, default=None,
+                   help="transformers: sequences decoded together (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: torch's, at most the cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="write a PNG of head time vs batch")
 
 
 def run(args):
-    from ..bench import bench, bench_random, plot
+    from ..backends import choose
+    from ..bench import bench, bench_random, format_decode, plot
     from ..config import FlashHeadError
 
     if args.smoke:
@@ -50,29 +62,53 @@ def run(args):
         args.no_build = True
     if (args.model_dir is None) == (args.random_head is None):
         raise FlashHeadError("give either a FlashHead model directory or --random-head VxD")
-    if args.backend != "llamacpp" and args.probes is not None:
+    backend = "transformers" if args.random_head else choose(args.backend)
+    if args.prompt is not None and args.domain is not None:
+        raise FlashHeadError("give --prompt or --domain, not both")
+    prompt = args.prompt
+    if args.domain is not None:
+        from ..bench import domain_prompt
+
+        prompt = domain_prompt(args.domain)
+    if args.probes is not None:
         if len(args.probes) != 1:
-            raise FlashHeadError("--probes takes one count here (a list with --backend llamacpp)")
+            raise FlashHeadError("--probes takes one count")
         args.probes = args.probes[0]
     if args.batch is None:
-        args.batch = [1] if args.backend == "llamacpp" else [1, 4, 16, 64]
-    if args.backend == "llamacpp":
-        return _llamacpp(args)
+        args.batch = [1] if backend == "llamacpp" else [1, 4, 16, 64]
     if args.random_head:
         try:
             v, d = (int(x) for x in args.random_head.lower().split("x"))
         except ValueError:
             raise FlashHeadError(f"--random-head expects VxD, e.g. 128256x2048, got {args.random_head!r}") from None
         result = bench_random(v, d, args.batch, args.device, args.dtype, args.probes, args.repeats)
+    elif backend == "llamacpp":
+        result = bench(args.model_dir, [1], args.device, args.dtype, args.probes, args.new_tokens, 1,
+                       args.decode_repeats, backend="llamacpp", gguf=args.gguf, exact=args.exact,
+                       decode_batches=args.batch, arrange=not args.in_place, threads=args.threads,
+                       prompt=prompt)
     else:
         result = bench(args.model_dir, args.batch, args.device, args.dtype, args.probes, args.new_tokens,
-                       args.repeats, args.decode_repeats, build=not args.no_build, decode=not args.no_decode)
-    if args.plot:
+                       args.repeats, args.decode_repeats, build=not args.no_build, decode=not args.no_decode,
+                       exact=args.exact, decode_batches=args.decode_batch or ([1, 2] if args.smoke else [1]),
+                       threads=args.threads, prompt=prompt)
+    if "decode" in result:
+        result["prompt_domain"] = args.domain
+    if args.plot and "head" in result:
         plot(result, args.plot)
     if args.json:
         print(json.dumps(result))
         return
     m = result["machine"]
+    if backend == "llamacpp":
+        mem = result["memory"]
+        print(f"{result['model_dir']} in llama.cpp (llama-cpp-python {result['llama_cpp_python']}, "
+              f"{m['threads']} threads, {m.get('cpu', '')}): head {result['vocab']}x{result['hidden']} "
+              f"{result['head_form']}, probes {result['probes']} of {result['clusters']} clusters")
+        print(f"memory: GGUF {mem['gguf_bytes'] / 2**20:.0f} MiB (mapped by llama.cpp), FlashHead adds "
+              f"{mem['flashhead_extra_bytes'] / 2**20:.1f} MiB")
+        print(format_decode(result))
+        return
     print(f"{result['model']}: head {result['vocab']}x{result['hidden']} {result['dtype']} on {result['device']}, "
           f"{result['clusters']} clusters x {result['cluster_size']}, probes {result['probes']}")
     print(f"machine: {m.get('cpu', '')}, {m['threads']} threads, torch {m['torch']}, "
@@ -83,29 +119,7 @@ def run(args):
     for r in result["head"]:
         print("  ".join(f"{r[c]:>18.4g}" for c in cols))
     if "decode" in result:
-        d = result["decode"]
-        print(f"decode ({d['prompt_tokens']} prompt tokens, {d['new_tokens']} new, greedy): dense "
-              f"{d['dense_tok_s']:.1f} tok/s, FlashHead {d['flashhead_tok_s']:.1f} tok/s, x{d['speedup']:.2f}")
+        print(f"decode, transformers ({result['prompt_tokens']} prompt tokens, greedy):")
+        print(format_decode(result))
     if result.get("build", {}).get("seconds"):   # directories built before the record have none
         print(f"build: {result['build']['seconds']['total']:.1f} s")
-
-
-def _llamacpp(args):
-    from ..bench_llamacpp import bench_llamacpp, format_table
-    from ..config import FlashHeadError
-    from ..sources import gguf_of
-
-    if args.model_dir is None:
-        raise FlashHeadError("--backend llamacpp needs a FlashHead model directory")
-    result = bench_llamacpp(args.model_dir, gguf_of(args.model_dir, args.gguf), args.batch,
-                            args.new_tokens, args.decode_repeats, args.probes, arrange=not args.in_place)
-    if args.json:
-        print(json.dumps(result))
-        return
-    mem = result["memory"]
-    print(f"{result['model_dir']} in llama.cpp (llama-cpp-python {result['llama_cpp_python']}, "
-          f"{result['machine']['threads']} threads): head {result['vocab']}x{result['hidden']} "
-          f"{result['head_form']}, probes {result['probes']} of {result['clusters']} clusters")
-    print(f"memory: GGUF {mem['gguf_bytes'] / 2**20:.0f} MiB (mapped by llama.cpp), FlashHead adds "
-          f"{mem['flashhead_extra_bytes'] / 2**20:.1f} MiB")
-    print(format_table(result))

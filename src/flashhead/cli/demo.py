@@ -1,7 +1,6 @@
-"""`flashhead demo`: the embedded default model end to end, dense vs FlashHead side by side."""
+"""`flashhead demo`: the embedded default model end to end: dense, FlashHead and verified FlashHead."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
@@ -13,6 +12,7 @@ EPILOG = """examples:
 """
 
 PROMPTS = ["The capital of France is", "The three primary colors are", "Water boils at"]
+MODES = {"dense": "the dense head", "fast": "FlashHead", "exact": "FlashHead, verified (exact)"}
 
 
 def add_arguments(p):
@@ -30,12 +30,11 @@ def add_arguments(p):
 
 def run(args):
     from ..build import build
-    from ..config import FlashHeadError
-    from ..metrics import common_prefix
-    from ..generation import generate
-    from ..layout import load_assets
-    from ..integrations import hf
     from ..cache import cache_root
+    from ..config import FlashHeadError
+    from ..layout import load_assets
+    from ..metrics import common_prefix
+    from ..tools.model import load
 
     out = cache_root() / "models" / f"{args.model}-flashhead"
     try:
@@ -47,46 +46,37 @@ def run(args):
         print(f"building {out} (once) ...", file=sys.stderr, flush=True)
         build(args.model, out, progress=not args.json)
     prompts = args.prompt or PROMPTS
-    backend = args.backend
-    if backend == "auto":
-        backend = "llamacpp" if importlib.util.find_spec("llama_cpp") else "transformers"
+    model = load(out, args.backend, max_sequences=len(prompts),
+                 n_ctx=args.max_new_tokens + 160)
     runs = {}
-    if backend == "llamacpp":
-        from ..integrations.llamacpp import LlamaCpp
-        from ..sources import gguf_of
-
-        model = LlamaCpp(gguf_of(out), out, max_sequences=len(prompts),
-                         n_ctx=len(prompts) * (args.max_new_tokens + 128))
-        head = model.head
-        for name in ("dense", "flashhead"):
-            model.generate(prompts[:1], max_new_tokens=2, dense=name == "dense")  # warm-up
-            runs[name] = model.generate(prompts, max_new_tokens=args.max_new_tokens, dense=name == "dense")
+    try:
+        for mode in MODES:
+            model.generate(prompts[:1], max_new_tokens=2, mode=mode)      # warm-up
+            runs[mode] = model.generate(prompts, max_new_tokens=args.max_new_tokens, mode=mode)
+    finally:
         model.close()
-    else:
-        model, tok = hf.load(out)
-        head = model.lm_head.flashhead
-        for name, use in (("dense", False), ("flashhead", True)):
-            model.lm_head.use_flashhead = use
-            generate(model, tok, prompts[:1], max_new_tokens=2)  # warm-up
-            runs[name] = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens)
+    head = model.head
+    d = runs["dense"]
     rows = []
     for i, prompt in enumerate(prompts):
-        d, f = runs["dense"], runs["flashhead"]
-        rows.append({"prompt": prompt, "dense": d["texts"][i], "flashhead": f["texts"][i],
-                     "identical_prefix_tokens": common_prefix(d["token_ids"][i], f["token_ids"][i]),
-                     "new_tokens": max(d["new_tokens"][i], f["new_tokens"][i])})
-    summary = {"model": args.model, "model_dir": str(out), "backend": backend, "probes": head.probes,
-               "clusters": head.num_clusters,
-               "dense_tokens_per_second": runs["dense"]["tokens_per_second"],
-               "flashhead_tokens_per_second": runs["flashhead"]["tokens_per_second"],
-               "speedup": runs["flashhead"]["tokens_per_second"] / runs["dense"]["tokens_per_second"],
-               "prompts": rows}
+        rows.append({"prompt": prompt, **{m: runs[m]["texts"][i] for m in MODES},
+                     "identical_prefix_tokens": common_prefix(d["token_ids"][i], runs["fast"]["token_ids"][i]),
+                     "exact_equals_dense": runs["exact"]["token_ids"][i] == d["token_ids"][i],
+                     "new_tokens": max(d["new_tokens"][i], runs["fast"]["new_tokens"][i])})
+    tps = {m: runs[m]["tokens_per_second"] for m in MODES}
+    summary = {"model": args.model, "model_dir": str(out), "backend": d["backend"], "probes": head.probes,
+               "clusters": head.num_clusters, "dense_tokens_per_second": tps["dense"],
+               "flashhead_tokens_per_second": tps["fast"], "exact_tokens_per_second": tps["exact"],
+               "speedup": tps["fast"] / tps["dense"], "exact_speedup": tps["exact"] / tps["dense"],
+               "exact_acceptance": runs["exact"]["exact"]["acceptance"], "prompts": rows}
     if args.json:
         print(json.dumps(summary))
         return
     for r in rows:
-        print(f"\nprompt     : {r['prompt']}\ndense      :{r['dense']!r}\nflashhead  :{r['flashhead']!r}\n"
-              f"same first : {r['identical_prefix_tokens']} of {r['new_tokens']} tokens")
-    print(f"\n{args.model} in {backend}: {summary['clusters']} clusters, probes {summary['probes']} | greedy batch of "
-          f"{len(prompts)}: dense {summary['dense_tokens_per_second']:.1f} tok/s, FlashHead "
-          f"{summary['flashhead_tokens_per_second']:.1f} tok/s ({summary['speedup']:.2f}x)")
+        print(f"\nprompt     : {r['prompt']}\ndense      :{r['dense']!r}\nflashhead  :{r['fast']!r}\n"
+              f"exact      :{r['exact']!r}\nsame first : {r['identical_prefix_tokens']} of {r['new_tokens']} "
+              f"tokens (fast); exact = dense: {'yes' if r['exact_equals_dense'] else 'NO'}")
+    print(f"\n{args.model} in {d['backend']}: {summary['clusters']} clusters, probes {summary['probes']} | greedy "
+          f"batch of {len(prompts)}: dense {tps['dense']:.1f} tok/s, FlashHead {tps['fast']:.1f} tok/s "
+          f"({summary['speedup']:.2f}x), exact {tps['exact']:.1f} tok/s ({summary['exact_speedup']:.2f}x, "
+          f"{summary['exact_acceptance']:.1%} of FlashHead's tokens kept)")

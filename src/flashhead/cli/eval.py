@@ -114,17 +114,18 @@ def _print_suite(result: dict) -> None:
 
 def _llamacpp(args):
     from ..config import FlashHeadError
-    from ..eval_llamacpp import evaluate_llamacpp
-    from ..integrations.llamacpp import LlamaCpp
-    from ..sources import gguf_of
+    from ..evaluate import evaluate_backend
+    from ..tools.model import load
 
     if args.text or args.target_agreement is not None or args.plot:
         raise FlashHeadError("--backend llamacpp evaluates the suite's domains: leave out --text, "
                              "--target-agreement and --plot")
-    model = LlamaCpp(gguf_of(args.model_dir, args.gguf), args.model_dir, max_sequences=1)
-    result = evaluate_llamacpp(model, args.domain or None, args.probes, args.max_positions,
-                               progress=not args.json)
-    model.close()
+    model = load(args.model_dir, "llamacpp", gguf=args.gguf, max_sequences=1)
+    try:
+        result = evaluate_backend(model, args.domain or None, args.probes, args.max_positions,
+                                  progress=not args.json)
+    finally:
+        model.close()
     if args.json:
         print(json.dumps(result))
         return

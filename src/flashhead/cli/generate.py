@@ -1,4 +1,4 @@
-"""`flashhead generate`: run a FlashHead model directory in transformers."""
+"""`flashhead generate`: run a FlashHead model directory (transformers, or llama.cpp on the GGUF)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ HELP = "generate text with a FlashHead model directory (transformers, or llama.c
 EPILOG = """examples:
   flashhead generate models/gemma-3-270m-flashhead --prompt "The capital of France is" --max-new-tokens 40
   flashhead generate models/gemma-3-270m-flashhead --prompt "..." --temperature 0.8 --top-p 0.95 --seed 1
+  flashhead generate models/gemma-3-270m-flashhead --prompt "..." --exact      # verified: the dense head's tokens
   flashhead generate models/gemma-3-270m-flashhead --prompt "..." --dense      # same model, dense head
   flashhead generate models/smollm2-flashhead --prompt "a" --prompt "b" --json  # a batch of prompts
   flashhead generate models/gemma-3-270m-flashhead --prompt "..." --backend llamacpp   # body in llama.cpp
@@ -23,53 +24,51 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--probes", type=int, default=None, help="clusters probed per step (default: the model's)")
-    p.add_argument("--dense", action="store_true", help="use the dense head instead (for comparison)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--exact", action="store_true", help="verified decoding: FlashHead proposes, the dense "
+                      "head checks several positions at once; output = the dense head's (greedy), exact "
+                      "in distribution (sampling), dense logprobs")
+    mode.add_argument("--dense", action="store_true", help="use the dense head instead (for comparison)")
+    p.add_argument("--logprobs", action="store_true", help="each token's log-probability (with --json)")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
-    p.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers",
-                   help="where the model's body runs (default %(default)s); llamacpp runs the GGUF file")
+    p.add_argument("--backend", choices=["auto", "transformers", "llamacpp"], default="transformers",
+                   help="where the model's body runs (default %(default)s); llamacpp runs the GGUF file; "
+                        "auto: llamacpp where llama-cpp-python is installed")
     p.add_argument("--gguf", default=None, help="llamacpp: the GGUF file (default: the one the directory "
                    "was built from)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args):
-    from ..generation import check_arguments, generate
-    from ..integrations import hf
+    from ..config import FlashHeadError
+    from ..sampling import check
+    from ..tools.model import load
 
-    check_arguments(args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.top_k)
-    if args.backend == "llamacpp":
-        res, probes = _llamacpp(args)
-    else:
-        model, tok = hf.load(args.model_dir, dense=args.dense, probes=args.probes)
-        res = generate(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_p,
-                       args.top_k, args.seed, args.chat)
-        probes = None if args.dense else model.lm_head.flashhead.probes
-    head = "dense" if args.dense else f"flashhead (probes={probes})"
+    check(args.temperature, args.top_p, args.top_k)
+    if args.max_new_tokens < 1:
+        raise FlashHeadError("need --max-new-tokens >= 1")
+    if any(p == "" for p in args.prompt):
+        raise FlashHeadError("a prompt is empty: give the text to continue (--prompt TEXT)")
+    mode = "dense" if args.dense else "exact" if args.exact else "fast"
+    n = len(args.prompt)
+    model = load(args.model_dir, args.backend, gguf=args.gguf, probes=args.probes, dense=args.dense,
+                 max_sequences=n, n_ctx=args.max_new_tokens + 512)
+    try:
+        res = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                             top_p=args.top_p, top_k=args.top_k, seed=args.seed, mode=mode,
+                             logprobs=args.logprobs, chat=args.chat)
+    finally:
+        model.close()
+    probes = None if model.head is None else model.head.probes
     if args.json:
         print(json.dumps({"head": "dense" if args.dense else "flashhead", **res}))
         return
     for prompt, text in zip(args.prompt, res["texts"]):
         print(prompt + text)
-    print(f"[{args.backend}, {head}: {sum(res['new_tokens'])} tokens in {res['seconds']:.2f} s, "
-          f"{res['tokens_per_second']:.1f} tokens/s]", file=sys.stderr)
-
-
-def _llamacpp(args):
-    from ..generation import chat_prompts
-    from ..integrations.llamacpp import LlamaCpp
-    from ..sources import gguf_of
-
-    model = LlamaCpp(gguf_of(args.model_dir, args.gguf), args.model_dir, probes=args.probes,
-                     max_sequences=len(args.prompt),
-                     n_ctx=max(512, len(args.prompt) * (args.max_new_tokens + 256)))
-    prompts = args.prompt
-    if args.chat:   # the template of the directory's tokenizer; its control tokens parsed, no extra BOS
-        from transformers import AutoTokenizer
-
-        texts = chat_prompts(AutoTokenizer.from_pretrained(args.model_dir), args.prompt)
-        prompts = [model.tokenize(t, add_special=False) for t in texts]
-    res = model.generate(prompts, args.max_new_tokens, args.temperature, args.top_p, args.top_k,
-                         args.seed, dense=args.dense)
-    probes = model.head.probes
-    model.close()
-    return res, probes
+    head = "dense" if args.dense else f"flashhead (probes={probes}{', exact' if args.exact else ''})"
+    extra = ""
+    if args.exact:
+        e = res["exact"]
+        extra = f", acceptance {e['acceptance']:.3f}, mean K {e['mean_draft']:.1f}"
+    print(f"[{res['backend']}, {head}: {sum(res['new_tokens'])} tokens in {res['seconds']:.2f} s, "
+          f"{res['tokens_per_second']:.1f} tokens/s{extra}]", file=sys.stderr)

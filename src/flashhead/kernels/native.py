@@ -62,6 +62,10 @@ def library() -> ctypes.CDLL:
     lib.fh_q8_dot.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int32]
     lib.fh_q8_dot.restype = None
     lib.fh_q8_rows.argtypes = [ptr, i64, ptr, i64, i64, ptr]
+    lib.fh_q8_dense.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ctypes.c_int32]
+    lib.fh_q8_dense.restype = None
+    lib.fh_q8_dense_argmax.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ctypes.c_int32]
+    lib.fh_q8_dense_argmax.restype = None
     lib.fh_q8_rows.restype = None
     lib.fh_i8_scores.argtypes = [ptr, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int32]
     lib.fh_i8_scores.restype = None

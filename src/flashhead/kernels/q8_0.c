@@ -7,8 +7,10 @@
    fh_q8_dot   z[n, r] = row(ids[r]) . h[n] for the probed rows only, computed as llama.cpp computes its
                dense logits (h quantized to Q8_0 blocks, integer block dots, fp32 sums)
    fh_q8_rows  dequantized rows [R, d] fp32 (the always-exact tokens, the fingerprint, tests)
+   fh_q8_dense the dense head: every row . every h, each row read once for all n states
+   fh_q8_dense_argmax  its greedy tokens only (no [n, V] logits written)
    fh_i8_scores  stage 1 on the int8 centroids (quant.py), h quantized the same way
-   fh_result_norm  llama.cpp's eval callback (integrations/llamacpp.py): observe only the graph node
+   fh_result_norm  llama.cpp's eval callback (backends/llamacpp.py): observe only the graph node
                named "result_norm" (the final normed hidden state, [d, n_outputs] fp32), copy it out,
                and return false so that the graph stops before the dense output projection.
 */
@@ -274,6 +276,117 @@ void fh_q8_step(const int8_t *cq, const float *cscale, int64_t K, int64_t P,
         }
 }
 
+/* The dense head on Q8_0 rows: z[i, v] = row(v) . h_i for every row v < V and every state i < n,
+   each row read once for all n states (verified decoding's check: K positions of every sequence
+   against the whole head in one pass). Per (row, state) the same operations in the same order as
+   row_dot, so a logit here equals, bit for bit, the one a FlashHead step computed for a probed token.
+   The states go in groups of up to 8 (their accumulators stay in registers); the row's absolute
+   values are taken once per block for the whole group. */
+#if defined(__AVX2__) && defined(__FMA__)
+static inline float hsum_acc(__m256 acc) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+#define FH_DENSE_GROUP(G)                                                                          \
+static inline void dense_group_##G(const uint8_t *row, const int8_t *x, const float *xs, int64_t d,  \
+                                   int64_t nb, float *z, int64_t ldz) {                             \
+    __m256 acc[G];                                                                                   \
+    for (int j = 0; j < G; j++) acc[j] = _mm256_setzero_ps();                                        \
+    const __m256i ones = _mm256_set1_epi16(1);                                                       \
+    for (int64_t b = 0; b < nb; b++) {                                                               \
+        const uint8_t *blk = row + b * BLOCK_BYTES;                                                  \
+        uint16_t s16;                                                                                \
+        memcpy(&s16, blk, 2);                                                                        \
+        const float sw = fp16_to_fp32(s16);                                                          \
+        const __m256i qw = _mm256_loadu_si256((const __m256i *)(blk + 2));                           \
+        const __m256i aw = _mm256_sign_epi8(qw, qw);                                                 \
+        for (int j = 0; j < G; j++) {                                                                \
+            const __m256i qx = _mm256_loadu_si256((const __m256i *)(x + j * d + b * QK));            \
+            const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qx, qw));                  \
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(sw * xs[j * nb + b]),                            \
+                                     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), acc[j]);      \
+        }                                                                                            \
+    }                                                                                                \
+    for (int j = 0; j < G; j++) z[j * ldz] = hsum_acc(acc[j]);                                       \
+}
+FH_DENSE_GROUP(8)
+FH_DENSE_GROUP(4)
+FH_DENSE_GROUP(2)
+FH_DENSE_GROUP(1)
+#endif
+
+void fh_q8_dense(const uint8_t *base, int64_t row_bytes, int64_t V, const float *h, int64_t n,
+                 int64_t d, float *z, int32_t threads) {
+    const int64_t nb = d / QK;
+    int8_t *qh = malloc((size_t)(n * d));
+    float *sh = malloc((size_t)(n * nb) * sizeof(float));
+    for (int64_t i = 0; i < n; i++) quantize_h(h + i * d, d, qh + i * d, sh + i * nb);
+    #pragma omp parallel for schedule(static, 256) num_threads(threads)
+    for (int64_t v = 0; v < V; v++) {
+        const uint8_t *row = base + v * row_bytes;
+        int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; i + 8 <= n; i += 8) dense_group_8(row, qh + i * d, sh + i * nb, d, nb, z + i * V + v, V);
+        if (i + 4 <= n) { dense_group_4(row, qh + i * d, sh + i * nb, d, nb, z + i * V + v, V); i += 4; }
+        if (i + 2 <= n) { dense_group_2(row, qh + i * d, sh + i * nb, d, nb, z + i * V + v, V); i += 2; }
+        if (i < n) { dense_group_1(row, qh + i * d, sh + i * nb, d, nb, z + i * V + v, V); i += 1; }
+#endif
+        for (; i < n; i++) z[i * V + v] = row_dot(row, qh + i * d, sh + i * nb, nb);
+    }
+    free(qh);
+    free(sh);
+}
+
+/* The dense head's greedy tokens only: best[i] = the first v with the largest row(v) . h_i, and
+   its logit, without writing the [n, V] logits (32 MB at 32 states of Gemma-3-270M's vocabulary).
+   Each thread keeps its own best per state over its rows (the logits of fh_q8_dense, bit for bit),
+   then the threads' bests are merged (larger value; equal values: the lower token id, as argmax). */
+void fh_q8_dense_argmax(const uint8_t *base, int64_t row_bytes, int64_t V, const float *h, int64_t n,
+                        int64_t d, int64_t *best, float *best_value, int32_t threads) {
+    const int64_t nb = d / QK;
+    int8_t *qh = malloc((size_t)(n * d));
+    float *sh = malloc((size_t)(n * nb) * sizeof(float));
+    for (int64_t i = 0; i < n; i++) {
+        quantize_h(h + i * d, d, qh + i * d, sh + i * nb);
+        best[i] = -1;
+        best_value[i] = -INFINITY;
+    }
+    #pragma omp parallel num_threads(threads)
+    {
+        float *z = malloc((size_t)n * sizeof(float));
+        float *bv = malloc((size_t)n * sizeof(float));
+        int64_t *bi = malloc((size_t)n * sizeof(int64_t));
+        for (int64_t i = 0; i < n; i++) { bv[i] = -INFINITY; bi[i] = -1; }
+        #pragma omp for schedule(static, 256)
+        for (int64_t v = 0; v < V; v++) {
+            const uint8_t *row = base + v * row_bytes;
+            int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+            for (; i + 8 <= n; i += 8) dense_group_8(row, qh + i * d, sh + i * nb, d, nb, z + i, 1);
+            if (i + 4 <= n) { dense_group_4(row, qh + i * d, sh + i * nb, d, nb, z + i, 1); i += 4; }
+            if (i + 2 <= n) { dense_group_2(row, qh + i * d, sh + i * nb, d, nb, z + i, 1); i += 2; }
+            if (i < n) { dense_group_1(row, qh + i * d, sh + i * nb, d, nb, z + i, 1); i += 1; }
+#endif
+            for (; i < n; i++) z[i] = row_dot(row, qh + i * d, sh + i * nb, nb);
+            for (i = 0; i < n; i++)
+                if (z[i] > bv[i]) { bv[i] = z[i]; bi[i] = v; }   /* rows ascend: ties keep the first */
+        }
+        #pragma omp critical
+        for (int64_t i = 0; i < n; i++)
+            if (bv[i] > best_value[i] || (bv[i] == best_value[i] && bi[i] >= 0 && (best[i] < 0 || bi[i] < best[i]))) {
+                best_value[i] = bv[i];
+                best[i] = bi[i];
+            }
+        free(z);
+        free(bv);
+        free(bi);
+    }
+    free(qh);
+    free(sh);
+}
+
 void fh_q8_rows(const uint8_t *base, int64_t row_bytes, const int64_t *ids, int64_t R, int64_t d,
                 float *out) {
     #pragma omp parallel for schedule(static)
@@ -286,7 +399,7 @@ typedef const char *(*name_fn)(const void *tensor);
 typedef size_t (*nbytes_fn)(const void *tensor);
 typedef void (*get_fn)(const void *tensor, void *data, size_t offset, size_t size);
 
-struct fh_capture {        /* mirrored by _Capture in integrations/llamacpp.py */
+struct fh_capture {        /* mirrored by _Capture in backends/llamacpp.py */
     name_fn get_name;      /* ggml_get_name */
     nbytes_fn nbytes;      /* ggml_nbytes */
     get_fn tensor_get;     /* ggml_backend_tensor_get */

@@ -57,7 +57,8 @@ class Step:
             numel *= s
         buf = self.workspace.get((name, dtype))
         if buf is None or buf.numel() < numel:
-            buf = self.workspace[(name, dtype)] = torch.empty(numel, dtype=dtype, device=self.block_ids.device)
+            with torch.inference_mode(False):   # a normal tensor: reusable inside and outside inference mode
+                buf = self.workspace[(name, dtype)] = torch.empty(numel, dtype=dtype, device=self.block_ids.device)
         return buf[:numel].view(shape)
 
     def probed(self, scores: torch.Tensor):
