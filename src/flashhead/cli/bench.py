@@ -40,6 +40,8 @@ def add_arguments(p):
                    "order (no cluster-ordered copy; docs/LLAMACPP.md)")
     p.add_argument("--exact", action="store_true", help="decode: verified decoding too (output checked "
                    "equal to dense; acceptance, K, the check's cost)")
+    p.add_argument("--audit", type=int, default=0, metavar="N", help="decode: the fast mode with the live "
+                   "audit (the dense head on every N-th token) too: its cost and agreement")
     p.add_argument("--prompt", default=None, help="decode: the prompt (default: an English sentence, "
                    "flashhead.bench.PROMPT)")
     p.add_argument("--domain", default=None, help="decode: the prompt from the start of a suite domain's "
@@ -63,6 +65,8 @@ def run(args):
     if (args.model_dir is None) == (args.random_head is None):
         raise FlashHeadError("give either a FlashHead model directory or --random-head VxD")
     backend = "transformers" if args.random_head else choose(args.backend)
+    if args.audit < 0:
+        raise FlashHeadError("need --audit N >= 1 (or leave it out)")
     if args.prompt is not None and args.domain is not None:
         raise FlashHeadError("give --prompt or --domain, not both")
     prompt = args.prompt
@@ -86,12 +90,12 @@ def run(args):
         result = bench(args.model_dir, [1], args.device, args.dtype, args.probes, args.new_tokens, 1,
                        args.decode_repeats, backend="llamacpp", gguf=args.gguf, exact=args.exact,
                        decode_batches=args.batch, arrange=not args.in_place, threads=args.threads,
-                       prompt=prompt)
+                       prompt=prompt, audit=args.audit)
     else:
         result = bench(args.model_dir, args.batch, args.device, args.dtype, args.probes, args.new_tokens,
                        args.repeats, args.decode_repeats, build=not args.no_build, decode=not args.no_decode,
                        exact=args.exact, decode_batches=args.decode_batch or ([1, 2] if args.smoke else [1]),
-                       threads=args.threads, prompt=prompt)
+                       threads=args.threads, prompt=prompt, audit=args.audit)
     if "decode" in result:
         result["prompt_domain"] = args.domain
     if args.plot and "head" in result:

@@ -10,6 +10,7 @@ EPILOG = """examples:
   flashhead generate models/gemma-3-270m-flashhead --prompt "..." --temperature 0.8 --top-p 0.95 --seed 1
   flashhead generate models/gemma-3-270m-flashhead --prompt "..." --exact      # verified: the dense head's tokens
   flashhead generate models/gemma-3-270m-flashhead --prompt "..." --dense      # same model, dense head
+  flashhead generate models/gemma-3-270m-flashhead --prompt "..." --audit 16   # + FlashHead vs dense, 1 in 16
   flashhead generate models/smollm2-flashhead --prompt "a" --prompt "b" --json  # a batch of prompts
   flashhead generate models/gemma-3-270m-flashhead --prompt "..." --backend llamacpp   # body in llama.cpp
 """
@@ -29,6 +30,8 @@ def add_arguments(p):
                       "head checks several positions at once; output = the dense head's (greedy), exact "
                       "in distribution (sampling), dense logprobs")
     mode.add_argument("--dense", action="store_true", help="use the dense head instead (for comparison)")
+    p.add_argument("--audit", type=int, default=0, metavar="N", help="fast mode: also run the dense head on "
+                   "every N-th token and report how often FlashHead's top-1 agreed (e.g. 64)")
     p.add_argument("--logprobs", action="store_true", help="each token's log-probability (with --json)")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     p.add_argument("--backend", choices=["auto", "transformers", "llamacpp"], default="transformers",
@@ -47,6 +50,8 @@ def run(args):
     check(args.temperature, args.top_p, args.top_k)
     if args.max_new_tokens < 1:
         raise FlashHeadError("need --max-new-tokens >= 1")
+    if args.audit < 0 or (args.audit and (args.exact or args.dense)):
+        raise FlashHeadError("--audit N (N >= 1) audits the fast mode: leave out --exact and --dense")
     if any(p == "" for p in args.prompt):
         raise FlashHeadError("a prompt is empty: give the text to continue (--prompt TEXT)")
     mode = "dense" if args.dense else "exact" if args.exact else "fast"
@@ -56,7 +61,7 @@ def run(args):
     try:
         res = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                              top_p=args.top_p, top_k=args.top_k, seed=args.seed, mode=mode,
-                             logprobs=args.logprobs, chat=args.chat)
+                             logprobs=args.logprobs, chat=args.chat, audit=args.audit)
     finally:
         model.close()
     probes = None if model.head is None else model.head.probes
@@ -70,5 +75,8 @@ def run(args):
     if args.exact:
         e = res["exact"]
         extra = f", acceptance {e['acceptance']:.3f}, mean K {e['mean_draft']:.1f}"
+    if "audit" in res:
+        a = res["audit"]
+        extra = f", audit: top-1 = dense on {a['agreed']}/{a['checked']} checked tokens"
     print(f"[{res['backend']}, {head}: {sum(res['new_tokens'])} tokens in {res['seconds']:.2f} s, "
           f"{res['tokens_per_second']:.1f} tokens/s{extra}]", file=sys.stderr)

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["build", "upgrade", "generate", "demo", "eval", "bench", "lm-eval"]
+SUBCOMMANDS = ["build", "upgrade", "generate", "serve", "demo", "eval", "bench", "lm-eval"]
 # Handing every argument on to another tool's CLI (argparse's REMAINDER cannot start with a flag).
 PASSTHROUGH = {"lm-eval"}
 
