@@ -107,7 +107,7 @@ class FlashHead(torch.nn.Module):
         self._resolved = kernels.resolve(self._kernel, self.rows.device)
         if self.vocab_range is not None and self._resolved is Kernel.TRITON:
             self._resolved = Kernel.TORCH    # the Triton kernels do not read a shard's tables
-        self._run = KERNELS[self._resolved]
+        self._step_kernel = KERNELS[self._resolved]
 
     @property
     def probes(self) -> int:
@@ -154,12 +154,12 @@ class FlashHead(torch.nn.Module):
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> stage-1 cluster scores [N, K] fp32, as the kernel computes them."""
-        return self._run.stage1(self.step, self._flat(h, self.vocab_range is not None))
+        return self._step_kernel.stage1(self.step, self._flat(h, self.vocab_range is not None))
 
     def probe(self, h: torch.Tensor):
         """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs (+F)], exact logits [N, P*cs (+F)]
         fp32 (F: the always-exact tokens)."""
-        return self._run.probe(self.step, h)
+        return self._step_kernel.probe(self.step, h)
 
     def fill_logits(self, h: torch.Tensor, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """h [N, d] and probe(h)'s output -> logits [N, V] fp32 (kernels/step.py)."""
@@ -237,11 +237,11 @@ class FlashHead(torch.nn.Module):
     def flash_greedy(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> token ids [N] by FlashHead, whatever the dense rule (an integration that
         routed the step itself)."""
-        return self._launch(self._run.greedy, self._flat(h))
+        return self._launch(self._step_kernel.greedy, self._flat(h))
 
     def flash_logits(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> logits [N, V] fp32 by FlashHead, whatever the dense rule."""
-        return self._launch(self._run.logits, self._flat(h))
+        return self._launch(self._step_kernel.logits, self._flat(h))
 
     # ---- a tensor-parallel shard (vocab_range; shard.py) -----------------------------------------
 

@@ -4,7 +4,9 @@ compiled once per machine with the system C compiler into one library, loaded by
 
 Compiled on first use (about a second) into the cache (`$FLASHHEAD_CACHE/native/`, keyed by the
 sources' hash and the machine), with `-O3 -march=native -fopenmp`, so the loops use the CPU's
-vector units. No compiler is one clear error naming what to install; nothing falls back silently.
+vector units (`build`: the same for a backend's own C file). No compiler is one clear error naming
+what to install; where the CPU kernel can do without (`available`), it says so once and runs
+torch's ops.
 """
 from __future__ import annotations
 
