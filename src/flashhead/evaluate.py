@@ -36,7 +36,7 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
     with head.flashhead_only():              # measure FlashHead itself at every chunk size
         for s in range(0, H.shape[0], chunk):
             h, t = H[s:s + chunk], targets[s:s + chunk]
-            dense = w.dense(h.float())                            # [n, V]
+            dense = w.dense(h.float())                                    # [n, V]
             dense_nll += float(metrics.nll(dense, t).sum())
             for p in probes:
                 head.probes = p

@@ -8,8 +8,9 @@
 A vocabulary shard (shard.py) is a tensor's rows of its tokens [start, end): TensorRows, read
 through the step's slot table (`slots` below: local rows, trash slots on row 0).
 
-Every storage offers the operations of `HeadRows`; the kernels (kernels/) reach the head's values
-through them only. `as_rows` takes a tensor or a HeadRows.
+Every storage offers the operations of `HeadRows`; the TORCH and CPU kernels (kernels/) reach the
+head's values through them only, the Triton kernel reads a tensor's rows in place (`weight`).
+`as_rows` takes a tensor or a HeadRows.
 """
 from __future__ import annotations
 

@@ -94,8 +94,10 @@ class Step:
             means = member_means(rows, index.assignments, index.num_clusters)
         estimate = Stage1(means, "none", torch.float32, device) if cosine else None
         exact_rows = rows.gather(exact).float()   # gathered once (fp32 like every exact logit)
-        return cls(rows.arrange(ids) if arrange else rows, stage1, ids, assignments.to(device),
-                   offsets.float().to(device), exact, exact_rows, probes, estimate, shard_rows, slot_bias)
+        return cls(rows=rows.arrange(ids) if arrange else rows, stage1=stage1, block_ids=ids,
+                   assignments=assignments.to(device), offsets=offsets.float().to(device), exact_ids=exact,
+                   exact_rows=exact_rows, probes=probes, estimate=estimate, shard_rows=shard_rows,
+                   slot_bias=slot_bias)
 
     def buffer(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         """A reused buffer of `shape` (no fresh multi-MB allocation, hence no page faults, per step)."""
