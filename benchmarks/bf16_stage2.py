@@ -21,7 +21,7 @@ def main():
 
     from flashhead import FlashHead
     from flashhead.bench import FLUSH_BYTES, machine, timeit
-    from flashhead.kernels import cpu
+    from flashhead.kernels import native as native_kernels
     from flashhead.layout import load_assets, read_head_weight
 
     p = argparse.ArgumentParser()
@@ -48,7 +48,7 @@ def main():
             with torch.inference_mode():
                 t["dense"] = timeit(lambda: torch.nn.functional.linear(h, w), "cpu", 3, 30, flush)
                 for native in (False, True):
-                    cpu._NATIVE = native
+                    native_kernels._AVAILABLE = native
                     t["native" if native else "fp32 copy"] = timeit(lambda: head(h), "cpu", 3, 30, flush)
                     t[("native" if native else "fp32 copy") + " stage 2"] = timeit(lambda: head.probe(h), "cpu", 3, 30, flush)
             ms = {k: statistics.median(v) * 1e3 for k, v in t.items()}

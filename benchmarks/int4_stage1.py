@@ -29,7 +29,7 @@ def main() -> None:
     from flashhead.fit import budget_probes
     from flashhead.hidden import teacher_forced
     from flashhead.integrations import hf
-    from flashhead.kernels import cpu
+    from flashhead.kernels.cpu import CPU
     from flashhead.layout import load_assets
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +58,7 @@ def main() -> None:
         h = H[:b]
         row = {"batch": b}
         for name, head in heads.items():
-            row[f"{name}_packed_us"] = _summary(timeit(lambda: cpu.stage1(head.step, h), "cpu", 3, a.repeats, flush))[0]
+            row[f"{name}_packed_us"] = _summary(timeit(lambda: CPU.stage1(head.step, h), "cpu", 3, a.repeats, flush))[0]
         st4 = heads["int4"].stage1
         row["int4_reference_us"] = _summary(timeit(lambda: st4(h), "cpu", 3, a.repeats, flush))[0]
         stage1.append(row)

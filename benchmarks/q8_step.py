@@ -18,7 +18,7 @@ import torch
 
 from flashhead.head import FlashHead
 from flashhead.backends.llamacpp import gguf_head
-from flashhead.kernels import cpu, native
+from flashhead.kernels import native
 from flashhead.layout import load_assets
 from flashhead.sources import gguf_of
 
@@ -46,29 +46,26 @@ def main() -> None:
     threads = torch.get_num_threads()
     in_file = gguf_head(gguf_of(args.model_dir, args.gguf))
     head = FlashHead(in_file, load_assets(args.model_dir))
-    arranged = gguf_head(gguf_of(args.model_dir, args.gguf))
-    arranged.arrange(head.block_ids)
+    arranged = in_file.arrange(head.block_ids)
     h = torch.randn(1, head.hidden, generator=torch.Generator().manual_seed(0))
     scores = native.i8_scores(head.stage1.q, head.stage1.scale, h, threads)
     top = scores.topk(head.probes, dim=1).indices.view(-1).sort().values
-    rows = (top.unsqueeze(1) * head.cluster_size + torch.arange(head.cluster_size)).flatten()
-    tokens = head.block_ids[top].flatten()
     flush = torch.empty(64 * 2**20 // 4)
     cases = {
         "stage1_torch_int8pack": lambda: torch._weight_int8pack_mm(h.bfloat16(), head.stage1.q,
                                                                    head.stage1.scale_bf16),
         "stage1_native_int8": lambda: native.i8_scores(head.stage1.q, head.stage1.scale, h, threads),
-        "stage2_cluster_order": lambda: arranged.dot(rows, h, rows=True),
-        "stage2_file_order": lambda: in_file.dot(tokens, h),
+        "stage2_cluster_order": lambda: arranged.dot(top, head.block_ids, h),
+        "stage2_file_order": lambda: in_file.dot(top, head.block_ids, h),
         "step_native_file_order": lambda: head.greedy(h),
     }
-    result = {"model_dir": args.model_dir, "probes": head.probes, "rows": int(rows.numel()),
+    result = {"model_dir": args.model_dir, "probes": head.probes, "rows": int(top.numel() * head.cluster_size),
               "threads": threads, "ms": {}}
     for name, fn in cases.items():
         result["ms"][name] = {"warm": timed(fn, args.repeats, None), "cold": timed(fn, args.repeats, flush)}
-    head.weight = arranged
+    head = FlashHead(in_file, load_assets(args.model_dir), arrange=True)
     for key, flushing in (("warm", None), ("cold", flush)):
-        result["ms"].setdefault("step_native_cluster_order", {})[key] = timed(lambda: cpu.greedy(head, h),
+        result["ms"].setdefault("step_native_cluster_order", {})[key] = timed(lambda: head.greedy(h),
                                                                               args.repeats, flushing)
     print(json.dumps(result, indent=1))
     if args.json:

@@ -20,7 +20,8 @@ import torch
 
 from flashhead import FlashHead
 from flashhead.bench import FLUSH_BYTES, _summary, machine, timeit
-from flashhead.kernels import cpu, native
+from flashhead.kernels import native
+from flashhead.kernels.cpu import CPU
 from flashhead.layout import load_assets, read_head_weight
 
 
@@ -43,19 +44,19 @@ def main() -> None:
         return round(_summary(timeit(fn, "cpu", 3, 20, flush))[0] / 1e3, 3)
 
     threads = torch.get_num_threads()
-    scores = cpu.stage1(step, h)
+    scores = CPU.stage1(step, h)
     top = scores.topk(step.probes, dim=1, sorted=False).indices
     union = top.view(-1).sort().values
     utok = step.block_ids[union].flatten()
-    rows = {"stage1": ms(lambda: cpu.stage1(step, h)),
+    rows = {"stage1": ms(lambda: CPU.stage1(step, h)),
             "top_p": ms(lambda: scores.topk(step.probes, dim=1, sorted=False)),
             "token_ids": ms(lambda: step.block_ids[top.view(-1).sort().values].flatten())}
     if dtype == torch.bfloat16:
-        z = native.rows_dot(step.weight, utok, h, threads)
+        z = native.rows_dot(w, utok, h, threads)
         rows.update({
-            "stage2_bf16_in_place": ms(lambda: native.rows_dot(step.weight, utok, h, threads)),
-            "stage2_bf16_in_place_sorted": ms(lambda: native.rows_dot(step.weight, utok.sort().values, h, threads)),
-            "stage2_bf16_arranged": ms(lambda: native.rows_dot(step.arranged, union, h, threads,
+            "stage2_bf16_in_place": ms(lambda: native.rows_dot(w, utok, h, threads)),
+            "stage2_bf16_in_place_sorted": ms(lambda: native.rows_dot(w, utok.sort().values, h, threads)),
+            "stage2_bf16_arranged": ms(lambda: native.rows_dot(step.rows.table, union, h, threads,
                                                                run=step.cluster_size)),
             "pick": ms(lambda: z.argmax(1))})
     rows.update({

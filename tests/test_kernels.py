@@ -15,7 +15,7 @@ import torch
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, FlashHeadError
 from flashhead.dense_rule import DenseRule
 from flashhead.index import fingerprint
-from flashhead.kernels import Kernel, cpu, interpreting, resolve, triton_available
+from flashhead.kernels import Kernel, interpreting, native, resolve, triton_available
 
 HAS_CUDA = torch.cuda.is_available() and triton_available()
 cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA + Triton")
@@ -67,7 +67,7 @@ def test_cpu_kernel_equals_reference(quant, dtype, d, native, monkeypatch):
     native=False: the path without a C compiler (torch's ops, chunks of gathered rows); an fp16
     head takes that path with the compiler too (rows.c reads bf16 and fp32 rows only)."""
     if not native:
-        monkeypatch.setattr(cpu, "_NATIVE", False)
+        monkeypatch.setattr("flashhead.kernels.native._AVAILABLE", False)
     w, head = _head(quant=quant, dtype=dtype, d=d)
     # 1: the union is the position's own clusters; 6: shared clusters, one chunk, the workspace
     # grows; 40: the union spans several chunks (64 clusters each), `rows @ h.T` (WIDE_BATCH)
@@ -82,9 +82,9 @@ def test_rows_in_cluster_order_change_nothing(dtype):
     Same products of the same rows in the same order: the results equal, bit for bit, those of the
     rows read in place, with always-exact tokens and a short last cluster (v = 2,995)."""
     w, head = _head(dtype=dtype, exact=[5, 2990])
-    assert head.arranged is not None and head.arranged_bytes == head.num_clusters * 16 * 64 * w.element_size()
+    assert head.arranged and head.arranged_bytes == head.num_clusters * 16 * 64 * w.element_size()
     _, inplace = _head(dtype=dtype, exact=[5, 2990], arrange=False)
-    assert inplace.arranged is None and inplace.arranged_bytes == 0
+    assert not inplace.arranged and inplace.arranged_bytes == 0
     for n in (1, 6, 40):
         h = torch.randn(n, 64, dtype=dtype)
         for a, b in zip(head.probe(h), inplace.probe(h)):
@@ -100,7 +100,7 @@ def test_cpu_step_does_not_depend_on_the_batch(quant, dtype, d, arrange):
     speculation verifies k+1 rows per request where plain decoding scores one, so this is what
     keeps its greedy text the same. d = 200: a tail after the vector loops (not a multiple of
     16 or 32); with and without the rows in cluster order; with always-exact tokens."""
-    if not cpu._native():
+    if not native.available():
         pytest.skip("no C compiler: the torch fallback sums in MKL's order, which depends on N")
     w, head = _head(quant=quant, dtype=dtype, d=d, exact=[5, 2990], arrange=arrange)
     head.kernel = Kernel.CPU
@@ -118,11 +118,11 @@ def test_arrange_only_where_it_applies():
     w, index = _index()
     with pytest.raises(FlashHeadError, match="arrange=True needs a whole head"):
         FlashHead(w[:1000], index, check_fingerprint=False, vocab_range=(0, 1000), arrange=True)
-    assert FlashHead(w[:1000], index, check_fingerprint=False, vocab_range=(0, 1000)).arranged is None
+    assert not FlashHead(w[:1000], index, check_fingerprint=False, vocab_range=(0, 1000)).arranged
     with pytest.raises(FlashHeadError, match="takes true, false or null, not 'false'"):
         FlashHead(w, index, arrange="false")        # a string from a JSON override is not a bool
     if HAS_CUDA:
-        assert FlashHead(w.cuda(), index).arranged is None
+        assert not FlashHead(w.cuda(), index).arranged
 
 
 def test_exact_tokens_cpu_equals_reference():
@@ -174,8 +174,9 @@ def test_native_int8_stage1_is_torchs_arithmetic():
     land one bf16 step away where its sum lies at a rounding boundary, and a near-zero score (a sum
     that cancels) may differ by the sums' rounding. Measured here: 0.003% of the scores differ;
     Gemma-3-270M's table against 64 states: 0.0034%, the top-1,532 sets all identical."""
-    from flashhead.kernels import native
+    from flashhead.kernels.cpu import CPU
     from flashhead.quant import Stage1
+    from flashhead.rows import TensorRows
 
     g = torch.Generator().manual_seed(0)
     st = Stage1(torch.randn(4096, 640, generator=g), "int8", torch.bfloat16, "cpu")
@@ -187,7 +188,7 @@ def test_native_int8_stage1_is_torchs_arithmetic():
         tol = 2 ** -7 * theirs.abs() + 1e-5 * theirs.abs().amax(1, keepdim=True)
         assert ((ours - theirs).abs() <= tol).all()
         # and it is what the CPU kernel's stage 1 returns
-        assert torch.equal(cpu.stage1(SimpleNamespace(stage1=st, weight=torch.empty(0)), h), ours)
+        assert torch.equal(CPU.stage1(SimpleNamespace(stage1=st, rows=TensorRows(torch.empty(0, 640))), h), ours)
 
 
 def test_all_probed_cpu_kernel_equals_dense():

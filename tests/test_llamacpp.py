@@ -41,9 +41,9 @@ def test_q8_rows_are_the_converted_head(gguf, smollm2_head):
     w = gguf_head(gguf)
     assert isinstance(w, Q8Rows)
     ids = torch.randint(0, w.shape[0], (2000,), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(w.rows(ids), smollm2_head[ids])
-    w.arrange(torch.randperm(w.shape[0]).view(-1, 16))
-    assert torch.equal(w.rows(ids), smollm2_head[ids])      # cluster order: same values per token
+    assert torch.equal(w.gather(ids), smollm2_head[ids])
+    arranged = w.arrange(torch.randperm(w.shape[0]).view(-1, 16))
+    assert torch.equal(arranged.gather(ids), smollm2_head[ids])      # cluster order: same values per token
 
 
 def test_all_probes_equal_llamacpp_dense(model):
@@ -63,7 +63,7 @@ def test_exact_logits_match_llamacpp(model):
     h = b.hidden_states(ids)
     b.reset()
     ref = b.decode([Entry(t, p, 0, True) for p, t in enumerate(ids)], logits=True).clone()
-    z = model.head.weight.dot(torch.arange(b.vocab), h)
+    z = model.head.rows.dot_tokens(torch.arange(b.vocab), h)
     assert (z - ref).abs().max() < 1e-3 * ref.abs().max()
     # the dense head of verified decoding: every row in one pass, the same products bit for bit
     assert torch.equal(b.dense_logits(h), z)
@@ -138,7 +138,8 @@ def test_in_place_rows_same_tokens(gguf, smollm2_flashhead_dir, model):
     """The file's rows read in place (no arranged copy) give the arranged head's tokens."""
     m = flashhead.load(smollm2_flashhead_dir, "llamacpp", gguf=gguf, max_sequences=2, n_ctx=512, arrange=False)
     try:
-        assert m.head.weight.row_of is None and m.memory()["flashhead_arranged_rows_bytes"] == 0
+        assert not m.head.arranged and m.memory()["flashhead_arranged_rows_bytes"] == 0
+        assert model.head.arranged and model.memory()["flashhead_arranged_rows_bytes"] == model.head.arranged_bytes
         assert m.generate(PROMPTS, max_new_tokens=12)["token_ids"] == \
             model.generate(PROMPTS, max_new_tokens=12)["token_ids"]
     finally:

@@ -7,7 +7,7 @@ import torch
 
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig
 from flashhead.index import fingerprint
-from flashhead.q8rows import Q8Rows, gather_rows
+from flashhead.q8rows import Q8Rows
 
 
 def _q8_blocks(w: torch.Tensor) -> torch.Tensor:
@@ -20,7 +20,7 @@ def _q8_blocks(w: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out.reshape(v, -1)))
 
 
-def _heads(quant, probes, exact=()):
+def _heads(quant, probes, exact=(), arrange=False):
     g = torch.Generator().manual_seed(3)
     v, d = 4000 - 7, 64
     w = torch.randn(v, d, generator=g)
@@ -29,8 +29,8 @@ def _heads(quant, probes, exact=()):
     k = int(assign.max()) + 1
     cent = torch.zeros(k, d).index_add_(0, assign, w) / torch.bincount(assign, minlength=k)[:, None]
     index = ClusterIndex(FlashHeadConfig(probes=probes, quantization=quant, exact_tokens=list(exact)),
-                         assign, cent, fingerprint(gather_rows(rows, torch.arange(v))))
-    return rows, FlashHead(rows, index, kernel="cpu"), FlashHead(rows, index, kernel="torch")
+                         assign, cent, fingerprint(rows.gather(torch.arange(v))))
+    return rows, FlashHead(rows, index, kernel="cpu", arrange=arrange), FlashHead(rows, index, kernel="torch")
 
 
 @pytest.mark.parametrize("quant", ["int8", "none"])    # int8: the fused native step; none: stage 2 only
@@ -39,9 +39,8 @@ def test_q8_step_equals_reference(quant, arranged):
     """Same clusters as TORCH on the dequantized rows (stage 1 shared up to int8 rounding, so the
     check uses all probes for int8 and the default for 'none'), logits within the Q8_0 rounding of h
     (llama.cpp quantizes h to Q8_0 blocks too: measured max error 0.006-0.007 of the logit scale)."""
-    rows, cpu, ref = _heads(quant, probes=250 if quant == "int8" else 9, exact=(11, 3001))
-    if arranged:
-        rows.arrange(cpu.block_ids)
+    rows, cpu, ref = _heads(quant, probes=250 if quant == "int8" else 9, exact=(11, 3001), arrange=arranged)
+    assert cpu.arranged == arranged and not ref.arranged
     for n in (1, 5):
         h = torch.randn(n, 64, generator=torch.Generator().manual_seed(n))
         s_c, tok_c, z_c = cpu.probe(h)

@@ -47,7 +47,7 @@ def test_rows_in_place_on_request(loaded, smollm2_flashhead_dir):
     rows, and the same logits and tokens."""
     model, tok = loaded
     plain, _ = hf.load(smollm2_flashhead_dir, arrange=False)
-    assert plain.lm_head.flashhead.arranged is None and plain.lm_head.flashhead.arranged_bytes == 0
+    assert not plain.lm_head.flashhead.arranged and plain.lm_head.flashhead.arranged_bytes == 0
     h = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     assert torch.equal(plain.lm_head(h), model.lm_head(h))
     assert _run(plain, tok) == _run(model, tok)

@@ -17,7 +17,7 @@ from .head import FlashHead
 from .fit import dense_top1_rank, smallest_probes
 from .hidden import teacher_forced
 from .kernels.step import pick
-from .q8rows import Q8Rows, dense_logits
+from .rows import as_rows
 
 
 def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targets: torch.Tensor,
@@ -31,11 +31,12 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
     sums = {p: dict.fromkeys(keys, 0.0) for p in probes}
     stops = torch.tensor(sorted(stop_ids or []), dtype=torch.int64)
     dense_nll = 0.0
-    w = weight if isinstance(weight, Q8Rows) else weight.float()   # Q8Rows: llama.cpp's own products
+    w = as_rows(weight)
+    w = w if w.dtype == torch.float32 else as_rows(weight.float())   # fp32 products (Q8_0: llama.cpp's)
     with head.flashhead_only():              # measure FlashHead itself at every chunk size
         for s in range(0, H.shape[0], chunk):
             h, t = H[s:s + chunk], targets[s:s + chunk]
-            dense = dense_logits(w, h.float())                            # [n, V]
+            dense = w.dense(h.float())                                    # [n, V]
             dense_nll += float(metrics.nll(dense, t).sum())
             for p in probes:
                 head.probes = p

@@ -3,128 +3,98 @@
 The module a model calls: `forward(h)` -> logits [..., V], `greedy(h)` -> token ids [...]. Each call
 is routed once by the head's dense rule (dense_rule.py) and otherwise runs one decode step
 (kernels/step.py: stage 1 on the centroids, top-P clusters, exact stage 2, estimates for the rest)
-on the kernel resolved for its device (kernels/__init__.py). Stage-1 vectors are the members'
-usage-weighted means (calibrate.py): s_k is the mean logit of the cluster's likely tokens.
+on the kernel resolved for its device (kernels/__init__.py, run by the object kernels/registry.py
+names). Stage-1 vectors are the members' usage-weighted means (calibrate.py): s_k is the mean logit
+of the cluster's likely tokens.
 
-The head weight W is the model's own tensor (held by reference); the module adds centroids, block
-ids and the estimate tables: a few percent of W. On the CPU it also keeps a copy of W's rows in
-cluster order (`arrange`: one more W): a cluster's rows lie scattered over the model's tensor, and
-reading them in place costs a cache and TLB miss per row, about twice the time of reading the same
-bytes in runs (docs/KERNELS.md, "Rows in cluster order"). `arrange=False` reads them in place.
+The head weight W is the model's own tensor (held by reference), or GGUF Q8_0 blocks (q8rows.py);
+the step reads it through `rows` (rows.py). The module adds centroids, block ids and the estimate
+tables: a few percent of W. On the CPU it also keeps a copy of W's rows in cluster order
+(`arrange`: one more W): a cluster's rows lie scattered over the model's tensor, and reading them in
+place costs a cache and TLB miss per row, about twice the time of reading the same bytes in runs
+(docs/KERNELS.md, "Rows in cluster order"). `arrange=False` reads them in place.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 
 from . import kernels
 from .config import FlashHeadError
 from .dense_rule import DenseRule
-from .index import ClusterIndex
-from .kernels import Kernel, cpu, torch_ref, triton_path
+from .index import ClusterIndex, check_fingerprint as _check
+from .kernels import Kernel
 from .kernels.graphs import GraphCache
+from .kernels.registry import KERNELS
 from .kernels.step import Step, pick
-from .q8rows import dense_logits, gather_rows
-from .quant import Stage1
-from .shard import member_sums, shard_tables
-
-_PATHS = {Kernel.TORCH: torch_ref, Kernel.CPU: cpu, Kernel.TRITON: triton_path}
+from .rows import as_rows
 
 
 class FlashHead(torch.nn.Module):
-    def __init__(self, weight: torch.Tensor, index: ClusterIndex, probes: int | None = None,
+    def __init__(self, weight, index: ClusterIndex, probes: int | None = None,
                  check_fingerprint: bool = True, kernel: Kernel | str = Kernel.AUTO,
                  vocab_range: tuple[int, int] | None = None, means: torch.Tensor | None = None,
                  arrange: bool | None = None):
-        """`vocab_range=(start, end)`: a tensor-parallel shard (shard.py): `weight` holds the rows
+        """`weight`: the head [V, d], a tensor or rows.HeadRows (e.g. q8rows.Q8Rows).
+
+        `vocab_range=(start, end)`: a tensor-parallel shard (shard.py): `weight` holds the rows
         of tokens [start, end) only, logits come from `shard_logits`/`shard_top`; the caller checks
         the fingerprint on the whole head and, for a cosine index, passes the members' `means`
         [K, d] of the whole head.
 
         `arrange`: keep a copy of the head's rows in cluster order for the CPU kernel's stage 2
-        (taken here: a weight changed in place later is not seen by it); None = a whole head on
-        the CPU (`should_arrange`); a shard, a GPU head or a Q8_0 head is not arranged here
-        (Q8Rows.arrange is the llama.cpp path's)."""
+        (taken here: a weight changed in place later is not seen by it); None = a whole head held
+        as a CPU tensor (`should_arrange`); a shard or a GPU head is not arranged."""
         super().__init__()
-        from .index import check_fingerprint as _check
-
+        rows = as_rows(weight)
         self.full_vocab = index.vocab
         self.vocab_range = vocab_range
-        rows = index.vocab if vocab_range is None else vocab_range[1] - vocab_range[0]
-        if weight.dim() != 2 or weight.shape[0] != rows:
-            raise FlashHeadError(f"head weight of shape {list(weight.shape)} does not match assets "
+        n = index.vocab if vocab_range is None else vocab_range[1] - vocab_range[0]
+        if len(rows.shape) != 2 or rows.shape[0] != n:
+            raise FlashHeadError(f"head weight of shape {list(rows.shape)} does not match assets "
                                  f"built for vocabulary {index.vocab}"
                                  + ("" if vocab_range is None else f" (shard {list(vocab_range)})"))
-        if weight.shape[1] != index.centroids.shape[1]:
-            raise FlashHeadError(f"head hidden size {weight.shape[1]} does not match assets "
+        if rows.shape[1] != index.centroids.shape[1]:
+            raise FlashHeadError(f"head hidden size {rows.shape[1]} does not match assets "
                                  f"(hidden size {index.centroids.shape[1]})")
         if check_fingerprint and vocab_range is None:
             _check(index.fingerprint, weight, "FlashHead assets")
         self.weight = weight  # the model's tensor, shared (not registered: the model owns it)
         self.config = index.config
         self.build = index.build          # the build record (calibration, held-out agreement, ...)
-        self.vocab, self.hidden = weight.shape
+        self.vocab, self.hidden = rows.shape
         self.cluster_size = index.config.cluster_size
         self.num_clusters = index.num_clusters
         self._probes = None
         self.probes = index.config.probes if probes is None else probes
-        ids, mask = index.blocks()
-        exact = torch.tensor(index.config.exact_tokens, dtype=torch.int64)
-        if exact.numel() and int(exact.max()) >= index.vocab:
-            raise FlashHeadError(f"exact_tokens holds ids outside the vocabulary ({index.vocab})")
-        if vocab_range is None:
-            # A short last cluster (V % cs != 0) repeats its first token in the empty slots: the
-            # repeat gets the same exact logit, so neither argmax nor the scatter changes.
-            ids, assignments, offsets = torch.where(mask, ids, ids[:, :1]), index.assignments, index.offsets
-            block_rows = slot_bias = None
-        else:
-            ids, block_rows, slot_bias, assignments, offsets, exact = shard_tables(
-                ids, mask, index.assignments, index.offsets, exact, *vocab_range)
-        self.register_buffer("block_ids", ids.to(weight.device), persistent=False)       # [K, cs]
-        self.register_buffer("block_rows", None if block_rows is None else block_rows.to(weight.device),
-                             persistent=False)
-        self.register_buffer("slot_bias", None if slot_bias is None else slot_bias.to(weight.device),
-                             persistent=False)
-        self.register_buffer("assignments", assignments.to(weight.device), persistent=False)
-        self.register_buffer("offsets", offsets.float().to(weight.device), persistent=False)  # [V]
-        self.register_buffer("exact_ids", exact.to(weight.device), persistent=False)            # [F]
         if arrange not in (None, True, False):   # e.g. "false" from a JSON override: one clear line
             raise FlashHeadError(f"arrange (flash_head_arrange) takes true, false or null, not {arrange!r}")
         arrange = should_arrange(weight, vocab_range) if arrange is None else arrange
-        if arrange and (vocab_range is not None or not isinstance(weight, torch.Tensor)
-                        or weight.device.type != "cpu"):
-            raise FlashHeadError("arrange=True needs a whole head (no vocab_range) held as a CPU tensor")
-        self.register_buffer("arranged", weight.index_select(0, ids.flatten()) if arrange else None,
-                             persistent=False)                                           # [K*cs, d]
-        # their rows, gathered once (the steps multiply by them; fp32 like every exact logit)
-        self.register_buffer("exact_rows", gather_rows(weight, self.exact_ids).float(), persistent=False)
-        cosine = index.config.stage1 == "cosine"        # published layout: rank by cosine (config.py)
-        c = torch.nn.functional.normalize(index.centroids, dim=1) if cosine else index.centroids
-        self.stage1 = Stage1(c, index.config.quantization, weight.dtype, weight.device)
-        # the estimate's cluster score: stage 1's own score, or for a cosine index the members' mean
-        # logit h . mean(w) (one more [K, d] fp32 table, read by the logits path only)
-        if cosine and means is None:
-            if vocab_range is not None:
-                raise FlashHeadError("a shard of a cosine (published) index needs the members' means "
-                                     "of the whole head (means=)")
-            means = member_means(weight, index.assignments, self.num_clusters)
-        self.estimate = Stage1(means, "none", torch.float32, weight.device) if cosine else None
+        if arrange and (vocab_range is not None or rows.device.type != "cpu"):
+            raise FlashHeadError("arrange=True needs a whole head (no vocab_range) on the CPU")
+        step = Step.from_index(index, rows, self.probes, vocab_range, means, arrange)
+        for name in Step.TABLES:          # the step's tables move with the module (.to, .cuda)
+            self.register_buffer(name, getattr(step, name), persistent=False)
+        self.stage1, self.estimate = step.stage1, step.estimate
+        self.step = step
         self.rule = DenseRule()           # off in the core; each integration sets its measured rule
         self.cuda_graphs = True           # eager CUDA calls replay a captured step (kernels/graphs.py)
         self._graphs = GraphCache()
-        self.step = self._make_step(self.probes)
         self.kernel = kernel
-
-    def _make_step(self, probes: int) -> Step:
-        return Step(self.weight, self.stage1, self.block_ids, self.assignments, self.offsets,
-                    self.exact_ids, self.exact_rows, probes, self.estimate, self.block_rows, self.slot_bias,
-                    self.arranged)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)       # buffers moved or cast: the step refers to the new ones
-        self.step = self._make_step(self.probes)
+        self.step = dataclasses.replace(self.step, rows=self.step.rows.apply(fn), stage1=self.stage1,
+                                        estimate=self.estimate, probes=self.probes,
+                                        **{name: getattr(self, name) for name in Step.TABLES})
         return self
+
+    @property
+    def rows(self):
+        """The head's rows as the step reads them (rows.HeadRows: in place, or in cluster order)."""
+        return self.step.rows
 
     @property
     def kernel(self) -> Kernel:
@@ -134,9 +104,10 @@ class FlashHead(torch.nn.Module):
     def kernel(self, k: Kernel | str) -> None:
         self._kernel = kernels.parse(k)
         # resolved once, here (an explicit choice fails here, clearly), not on every step
-        self._resolved = kernels.resolve(self._kernel, self.weight.device)
+        self._resolved = kernels.resolve(self._kernel, self.rows.device)
         if self.vocab_range is not None and self._resolved is Kernel.TRITON:
             self._resolved = Kernel.TORCH    # the Triton kernels do not read a shard's tables
+        self._step_kernel = KERNELS[self._resolved]
 
     @property
     def probes(self) -> int:
@@ -164,30 +135,31 @@ class FlashHead(torch.nn.Module):
         self.rule.above = above
 
     @property
+    def arranged(self) -> bool:
+        """Whether stage 2 reads a copy of the head's rows in cluster order."""
+        return self.arranged_bytes > 0
+
+    @property
     def arranged_bytes(self) -> int:
         """Bytes of the cluster-ordered copy of the head's rows (0: read in place)."""
-        a = self.arranged
-        return 0 if a is None else a.numel() * a.element_size()
+        return self.rows.arranged_bytes
 
     def extra_repr(self) -> str:
         return (f"vocab={self.vocab}, hidden={self.hidden}, clusters={self.num_clusters}, "
                 f"cluster_size={self.cluster_size}, probes={self.probes}, "
                 f"quantization={self.config.quantization}, exact_tokens={self.exact_ids.numel()}, "
-                f"arranged={self.arranged is not None}")
+                f"arranged={self.arranged}")
 
     # ---- the step ------------------------------------------------------------------------------
 
-    def _path(self):
-        return _PATHS[self._resolved]
-
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> stage-1 cluster scores [N, K] fp32, as the kernel computes them."""
-        return self._path().stage1(self.step, self._flat(h, self.vocab_range is not None))
+        return self._step_kernel.stage1(self.step, self._flat(h, self.vocab_range is not None))
 
     def probe(self, h: torch.Tensor):
         """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs (+F)], exact logits [N, P*cs (+F)]
         fp32 (F: the always-exact tokens)."""
-        return self._path().probe(self.step, h)
+        return self._step_kernel.probe(self.step, h)
 
     def fill_logits(self, h: torch.Tensor, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """h [N, d] and probe(h)'s output -> logits [N, V] fp32 (kernels/step.py)."""
@@ -229,7 +201,7 @@ class FlashHead(torch.nn.Module):
         """h [..., d] -> token ids [...]: argmax over the exactly scored tokens (the dense rule applies)."""
         lead, h = h.shape[:-1], self._flat(h)
         if self.route(h.shape[0]):
-            return dense_logits(self.weight, h).argmax(1).view(lead)
+            return self.rows.dense(h).argmax(1).view(lead)
         return self.flash_greedy(h).view(lead)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -239,7 +211,7 @@ class FlashHead(torch.nn.Module):
         """
         lead, h = h.shape[:-1], self._flat(h)
         if self.route(h.shape[0]):
-            return dense_logits(self.weight, h).float().view(*lead, self.vocab)
+            return self.rows.dense(h).float().view(*lead, self.vocab)
         return self.flash_logits(h).view(*lead, self.vocab)
 
     def score(self, h: torch.Tensor, targets: torch.Tensor, chunk: int = 512):
@@ -257,7 +229,7 @@ class FlashHead(torch.nn.Module):
             hs, ts = h[s:s + chunk], targets[s:s + chunk]
             scores, tok, z = self.probe(hs)
             logits = self.fill_logits(hs, scores, tok, z)
-            exact = (hs.float() * gather_rows(self.weight, ts).float()).sum(1, keepdim=True)
+            exact = (hs.float() * self.rows.gather(ts).float()).sum(1, keepdim=True)
             logp.append((exact - logits.scatter_(1, ts[:, None], exact).logsumexp(1, keepdim=True)).squeeze(1))
             greedy.append(pick(tok, z))
         return torch.cat(logp), torch.cat(greedy)
@@ -265,11 +237,11 @@ class FlashHead(torch.nn.Module):
     def flash_greedy(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> token ids [N] by FlashHead, whatever the dense rule (an integration that
         routed the step itself)."""
-        return self._launch(self._path().greedy, self._flat(h))
+        return self._launch(self._step_kernel.greedy, self._flat(h))
 
     def flash_logits(self, h: torch.Tensor) -> torch.Tensor:
         """h [N, d] -> logits [N, V] fp32 by FlashHead, whatever the dense rule."""
-        return self._launch(self._path().logits, self._flat(h))
+        return self._launch(self._step_kernel.logits, self._flat(h))
 
     # ---- a tensor-parallel shard (vocab_range; shard.py) -----------------------------------------
 
@@ -301,14 +273,9 @@ class FlashHead(torch.nn.Module):
 
 def should_arrange(weight, vocab_range=None) -> bool:
     """Whether FlashHead keeps the head's rows in cluster order by default: a whole head held as a
-    CPU tensor, bf16 or fp32. Gemma-3-270M (P = 1,532, batch 1, cold, the 2-core AVX2 host), the
-    logits step in place -> arranged: bf16 16.6 -> 9.3 ms on one thread, 8.0 -> 5.4 on two; fp32
-    33.3 -> 19.4 and 19.1 -> 13.3 (benchmarks/step_profile.py, docs/KERNELS.md). The price is one more copy of the
-    head (logged by the integrations); `arrange=False` reads the rows in place."""
+    CPU tensor, bf16 or fp32 (GGUF Q8_0 rows when asked: `arrange=True`). Gemma-3-270M (P = 1,532,
+    batch 1, cold, the 2-core AVX2 host), the logits step in place -> arranged: bf16 16.6 -> 9.3 ms
+    on one thread, 8.0 -> 5.4 on two; fp32 33.3 -> 19.4 and 19.1 -> 13.3
+    (benchmarks/step_profile.py, docs/KERNELS.md). The price is one more copy of the head (logged by
+    the integrations); `arrange=False` reads the rows in place."""
     return vocab_range is None and isinstance(weight, torch.Tensor) and weight.device.type == "cpu"
-
-
-def member_means(weight, assignments: torch.Tensor, k: int, chunk: int = 32768) -> torch.Tensor:
-    """[K, d] fp32: the plain mean of each cluster's head rows (any head form, read in chunks)."""
-    sums, counts = member_sums(weight, assignments, k, chunk)
-    return sums / counts.clamp_min(1).unsqueeze(1)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .config import FORMAT_VERSION, FlashHeadConfig, FlashHeadError
-from .q8rows import gather_rows
+from .rows import as_rows
 
 ASSETS_DIR = "flash_head_assets"
 TENSORS_FILE = "clustering_cache.safetensors"
@@ -49,7 +49,7 @@ def fingerprint(weight: torch.Tensor) -> dict:
     gen = torch.Generator().manual_seed(1234)
     rows = torch.randperm(v, generator=gen)[: min(_FP_ROWS, v)].sort().values
     direction = torch.randn(d, generator=gen)
-    sample = gather_rows(weight, rows).float().cpu()
+    sample = as_rows(weight).gather(rows).float().cpu()
     return {"shape": [v, d], "rows": rows.tolist(), "projections": (sample @ direction).tolist(),
             "row_norms": sample.norm(dim=1).tolist()}
 

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from .config import FlashHeadError
+from .rows import as_rows
 
 
 class ShardTables(NamedTuple):
@@ -56,14 +57,18 @@ def shard_tables(ids: torch.Tensor, mask: torch.Tensor, assignments: torch.Tenso
 
 
 def member_sums(weight_rows, assignments: torch.Tensor, k: int, chunk: int = 32768):
-    """Per-cluster sums [K, d] fp32 and counts [K] of the given rows (a shard's part of the
-    members' means; the caller adds the parts of all ranks)."""
-    from .q8rows import gather_rows
-
-    v, d = weight_rows.shape
+    """Per-cluster sums [K, d] fp32 and counts [K] of the given rows (a tensor or rows.HeadRows; a
+    shard's part of the members' means: the caller adds the parts of all ranks)."""
+    rows = as_rows(weight_rows)
+    v, d = rows.shape
     sums = torch.zeros(k, d)
     for s in range(0, v, chunk):
         ids = torch.arange(s, min(s + chunk, v))
-        sums.index_add_(0, assignments[ids].cpu(),
-                        gather_rows(weight_rows, ids.to(assignments.device)).float().cpu())
+        sums.index_add_(0, assignments[ids].cpu(), rows.gather(ids.to(assignments.device)).float().cpu())
     return sums, torch.bincount(assignments[:v].cpu(), minlength=k).float()
+
+
+def member_means(weight, assignments: torch.Tensor, k: int, chunk: int = 32768) -> torch.Tensor:
+    """[K, d] fp32: the plain mean of each cluster's head rows (any head form, read in chunks)."""
+    sums, counts = member_sums(weight, assignments, k, chunk)
+    return sums / counts.clamp_min(1).unsqueeze(1)

@@ -1,13 +1,13 @@
 """The llama.cpp backend: a GGUF model's body in llama.cpp (through llama-cpp-python's low-level API).
 
-An eval callback (`llama_context_params.cb_eval`, written in C: kernels/q8_0.c `fh_result_norm`)
+An eval callback (`llama_context_params.cb_eval`, written in C: llamacpp_capture.c `fh_result_norm`)
 observes only the graph node named `result_norm`, the final normed hidden state [d, n_outputs],
 copies it out and stops the graph there: the dense output projection is never computed, the KV
 cache is written as usual. `decode(..., logits=True)` runs the whole graph instead: llama.cpp's own
 dense head, the baseline every benchmark compares with.
 
 The head's rows stay in the GGUF file's own Q8_0 blocks (q8rows.py: memory-mapped, no dense copy;
-another head type is dequantized once, and says so). `dense_logits` scores hidden states against
+another head type is dequantized once, and says so), read through the head-rows interface (rows.py). `dense_logits` scores hidden states against
 every row in one pass (q8_0.c `fh_q8_dense`: each row read once for all states, the products
 llama.cpp computes), which is verified decoding's check.
 
@@ -27,7 +27,8 @@ import torch
 
 from ..config import FlashHeadError
 from ..kernels import native
-from ..q8rows import Q8Rows
+from ..q8rows import BLOCK_BYTES, QK, Q8Rows
+from ..rows import as_rows
 from . import Entry, chat_text
 
 # llama-cpp-python versions this backend is tested with (node names and the low-level API).
@@ -39,8 +40,11 @@ GGML_TYPE_Q8_0 = 8
 BATCH = 512
 
 
+CAPTURE_SOURCE = Path(__file__).with_name("llamacpp_capture.c")
+
+
 class _Capture(ctypes.Structure):
-    """Mirrors `struct fh_capture` in kernels/q8_0.c."""
+    """Mirrors `struct fh_capture` in llamacpp_capture.c."""
     _fields_ = [("get_name", ctypes.c_void_p), ("nbytes", ctypes.c_void_p),
                 ("tensor_get", ctypes.c_void_p), ("dst", ctypes.c_void_p),
                 ("capacity", ctypes.c_int64), ("got", ctypes.c_int64), ("active", ctypes.c_int32)]
@@ -69,9 +73,10 @@ def _ggml(L) -> ctypes.CDLL:
     raise FlashHeadError(f"no ggml-base library next to llama-cpp-python in {lib}")
 
 
-def gguf_head(path: Path):
+def gguf_head(path: Path, threads: int | None = None):
     """The head of a GGUF model: `output.weight`, else the tied `token_embd.weight`. Q8_0 stays in
-    the file's blocks (Q8Rows over the memory map); any other type is dequantized to fp32 once."""
+    the file's blocks (Q8Rows over the memory map, its native kernels on `threads`); any other
+    type is dequantized to an fp32 tensor once."""
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
@@ -83,7 +88,7 @@ def gguf_head(path: Path):
     with warnings.catch_warnings():       # the memmap is read-only; nothing writes to it
         warnings.simplefilter("ignore", UserWarning)
         if int(t.tensor_type) == GGML_TYPE_Q8_0:
-            return Q8Rows(torch.from_numpy(np.asarray(t.data)).view(vocab, -1), hidden)
+            return Q8Rows(torch.from_numpy(np.asarray(t.data)).view(vocab, -1), hidden, threads)
     from gguf.quants import dequantize
 
     print(f"note: {path.name}'s head is {t.tensor_type.name}; FlashHead keeps an fp32 copy "
@@ -128,7 +133,7 @@ class LlamaCppBackend:
         batch = min(n_ctx, BATCH)
         self._hidden = torch.empty(batch, self.hidden)      # the capture buffer: one call's outputs
         ggml = _ggml(L)
-        lib = native.library()
+        lib = native.build([CAPTURE_SOURCE], "llamacpp-capture")
         self._capture = _Capture(ctypes.cast(ggml.ggml_get_name, ctypes.c_void_p),
                                  ctypes.cast(ggml.ggml_nbytes, ctypes.c_void_p),
                                  ctypes.cast(ggml.ggml_backend_tensor_get, ctypes.c_void_p),
@@ -277,43 +282,32 @@ class LlamaCppBackend:
 
     def head_weight(self):
         """The head's rows as the file stores them: Q8Rows over the GGUF's Q8_0 blocks (the native
-        kernels on this backend's threads), else an fp32 copy."""
+        kernels on this backend's threads), else an fp32 tensor (a copy)."""
         if self._head is None:
-            w = gguf_head(self.path)
+            w = gguf_head(self.path, self.threads)
             if tuple(w.shape) != (self.vocab, self.hidden):
                 raise FlashHeadError(f"{self.path.name}: head {list(w.shape)} does not match "
                                      f"llama.cpp's vocabulary x hidden size [{self.vocab}, {self.hidden}]")
-            if isinstance(w, Q8Rows):
-                w.threads = self.threads
             self._head = w
         return self._head
 
     def dense_logits(self, h: torch.Tensor) -> torch.Tensor:
         """The dense head's logits [N, V] fp32 of hidden states h [N, d]: every row in one pass,
         llama.cpp's products (h quantized to Q8_0 blocks, integer block dots)."""
-        w = self.head_weight()
-        if isinstance(w, Q8Rows):
-            return w.dense(h)
-        return torch.nn.functional.linear(h.float(), w)
+        return as_rows(self.head_weight()).dense(h.float())
 
     def dense_argmax(self, h: torch.Tensor) -> torch.Tensor:
         """The dense head's greedy tokens [N] of hidden states h [N, d] (no [N, V] logits)."""
-        w = self.head_weight()
-        if isinstance(w, Q8Rows):
-            return w.dense_argmax(h)
-        return self.dense_logits(h).argmax(1)
+        return as_rows(self.head_weight()).dense_argmax(h.float())
 
     def memory(self, head=None) -> dict:
         """Bytes: the GGUF file llama.cpp maps, the head inside it, and what a FlashHead `head`
-        over this backend's rows adds."""
-        extra, arranged, head_bytes = 0, 0, None
+        over this backend's rows adds (its index, and its copy of the rows in cluster order)."""
         w = self.head_weight()
-        if isinstance(w, Q8Rows):
-            head_bytes = self.vocab * w.file_blocks.shape[1]
-            if w.row_of is not None:
-                arranged = w.nbytes + w.row_of.numel() * 8
-        else:
-            extra += w.numel() * w.element_size()
+        copied = isinstance(w, torch.Tensor)      # a dequantized copy, not the file's blocks
+        head_bytes = None if copied else self.vocab * (self.hidden // QK) * BLOCK_BYTES
+        extra = w.numel() * w.element_size() if copied else 0
+        arranged = 0 if head is None else head.arranged_bytes
         if head is not None:
             extra += sum(b.numel() * b.element_size() for b in head.buffers())
         return {"gguf_bytes": self.path.stat().st_size, "head_bytes_in_gguf": head_bytes,

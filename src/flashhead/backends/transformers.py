@@ -192,8 +192,11 @@ class TransformersBackend:
         return self.dense_logits(h).argmax(1)
 
     def memory(self, head=None) -> dict:
-        extra = 0 if head is None else sum(b.numel() * b.element_size() for b in head.buffers())
-        return {"flashhead_extra_bytes": extra}
+        if head is None:
+            return {"flashhead_extra_bytes": 0}
+        # its index and its copy of the rows in cluster order
+        return {"flashhead_extra_bytes": sum(b.numel() * b.element_size() for b in head.buffers())
+                + head.arranged_bytes}
 
 
 class _Group:

@@ -12,7 +12,8 @@
             that CI without a GPU still checks the kernels' logic (tests/test_kernels.py).
     AUTO    TRITON on a CUDA device when Triton is installed, CPU on the CPU, TORCH otherwise.
 
-An explicit choice asserts its requirements (FlashHeadError), AUTO falls back quietly.
+An explicit choice asserts its requirements (FlashHeadError), AUTO falls back quietly. The object
+that runs a Kernel's step is `registry.KERNELS[kernel]`.
 `FLASHHEAD_KERNEL=torch|cpu|triton` overrides AUTO (handy for A/B runs).
 Triton is imported only when the TRITON path is first used.
 """

@@ -4,12 +4,15 @@ compiled once per machine with the system C compiler into one library, loaded by
 
 Compiled on first use (about a second) into the cache (`$FLASHHEAD_CACHE/native/`, keyed by the
 sources' hash and the machine), with `-O3 -march=native -fopenmp`, so the loops use the CPU's
-vector units. No compiler is one clear error naming what to install; nothing falls back silently.
+vector units (`build`: the same for a backend's own C file). No compiler is one clear error naming
+what to install; where the CPU kernel can do without (`available`), it says so once and runs
+torch's ops.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -36,28 +39,35 @@ def _compiler() -> str:
                          "(install gcc, or set CC)")
 
 
-def library() -> ctypes.CDLL:
-    """The compiled sources (built once, then loaded from the cache)."""
-    global _lib
-    if _lib is not None:
-        return _lib
+def build(sources: list[Path], name: str = "flashhead") -> ctypes.CDLL:
+    """C sources compiled into one library (once per machine: the cache, keyed by the sources'
+    hash, the compiler and the machine), then loaded. The kernels' library is `library()`; a
+    backend may build its own small one the same way (backends/llamacpp.py's eval callback)."""
     from ..cache import cache_root
 
     cc = _compiler()
-    key = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + " ".join([cc, *FLAGS, platform.machine(),
+    key = hashlib.sha256(b"".join(s.read_bytes() for s in sources) + " ".join([cc, *FLAGS, platform.machine(),
                                                          platform.node()]).encode()).hexdigest()[:16]
-    path = cache_root() / "native" / f"flashhead-{key}.so"
+    path = cache_root() / "native" / f"{name}-{key}.so"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
         os.close(fd)
-        res = subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
+        res = subprocess.run([cc, *FLAGS, *map(str, sources), "-o", tmp], capture_output=True, text=True)
         if res.returncode != 0:
             os.unlink(tmp)
-            raise FlashHeadError(f"compiling {', '.join(s.name for s in SOURCES)} failed ({cc}): "
+            raise FlashHeadError(f"compiling {', '.join(s.name for s in sources)} failed ({cc}): "
                                  f"{res.stderr.strip()[-500:]}")
         os.replace(tmp, path)   # atomic: concurrent first uses do not see a half-written file
-    lib = ctypes.CDLL(str(path))
+    return ctypes.CDLL(str(path))
+
+
+def library() -> ctypes.CDLL:
+    """The kernels' sources (built once, then loaded from the cache)."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    lib = build(SOURCES)
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.fh_q8_dot.argtypes = [ptr, i64, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int32]
     lib.fh_q8_dot.restype = None
@@ -79,6 +89,26 @@ def library() -> ctypes.CDLL:
     lib.fh_i8_scores_bf16.restype = None
     _lib = lib
     return lib
+
+
+def available() -> bool:
+    """Whether the native kernels are here: compiled on first use; without a C compiler the CPU
+    kernel runs torch's ops instead (stage 2 copies the rows to fp32: the same logits up to the
+    order of the sums, slower), said once."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        try:
+            library()
+            _AVAILABLE = True
+        except FlashHeadError as e:
+            logging.getLogger("flashhead").warning("%s; the CPU kernel runs torch's ops instead (slower, "
+                                                   "and a position's logits may then differ in the last "
+                                                   "bits with the size of its batch)", e)
+            _AVAILABLE = False
+    return _AVAILABLE
+
+
+_AVAILABLE = None
 
 
 @torch.compiler.disable   # a ctypes call: torch.compile would pass it pointers into a traced graph

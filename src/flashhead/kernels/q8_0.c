@@ -10,11 +10,7 @@
    fh_q8_dense the dense head: every row . every h, each row read once for all n states
    fh_q8_dense_argmax  its greedy tokens only (no [n, V] logits written)
    fh_i8_scores  stage 1 on the int8 centroids (quant.py), h quantized the same way
-   fh_result_norm  llama.cpp's eval callback (backends/llamacpp.py): observe only the graph node
-               named "result_norm" (the final normed hidden state, [d, n_outputs] fp32), copy it out,
-               and return false so that the graph stops before the dense output projection.
 */
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -391,38 +387,4 @@ void fh_q8_rows(const uint8_t *base, int64_t row_bytes, const int64_t *ids, int6
                 float *out) {
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < R; r++) dequant_row(base + ids[r] * row_bytes, d, out + r * d);
-}
-
-/* ---- llama.cpp's eval callback ------------------------------------------------------------- */
-
-typedef const char *(*name_fn)(const void *tensor);
-typedef size_t (*nbytes_fn)(const void *tensor);
-typedef void (*get_fn)(const void *tensor, void *data, size_t offset, size_t size);
-
-struct fh_capture {        /* mirrored by _Capture in backends/llamacpp.py */
-    name_fn get_name;      /* ggml_get_name */
-    nbytes_fn nbytes;      /* ggml_nbytes */
-    get_fn tensor_get;     /* ggml_backend_tensor_get */
-    float *dst;            /* where the hidden states go */
-    int64_t capacity;      /* bytes available at dst */
-    int64_t got;           /* bytes copied since reset to 0 (-1: more than capacity) */
-    int32_t active;        /* 0: observe nothing (llama.cpp runs its dense head) */
-};
-
-bool fh_result_norm(void *tensor, bool ask, void *user) {
-    struct fh_capture *c = (struct fh_capture *)user;
-    if (!c->active) return false;
-    const char *name = c->get_name(tensor);
-    const bool mine = name && strcmp(name, "result_norm") == 0;
-    if (ask) return mine;
-    if (!mine) return true;
-    const size_t size = c->nbytes(tensor);
-    if (c->got < 0 || c->got + (int64_t)size > c->capacity) {
-        c->got = -1;
-        return false;
-    }
-    /* appended: a batch split into several micro-batches gives one graph (and one node) each */
-    c->tensor_get(tensor, (char *)c->dst + c->got, 0, size);
-    c->got += (int64_t)size;
-    return false;   /* stop: the dense projection after result_norm is never computed */
 }

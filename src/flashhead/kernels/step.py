@@ -2,18 +2,25 @@
 
     stage 1   scores = stage1(h)                   [N, K]      quant.Stage1 (int8/int4/fp)
     probe     top = topk(scores, probes)           [N, P]
-    stage 2   z = h . weight[block_ids[top]]       [N, P*cs]   exact, + the always-exact tokens
+    stage 2   z = h . rows[block_rows[top]]        [N, P*cs]   exact, + the always-exact tokens
     greedy    pick(tok, z)                         [N]         no [N, V] tensor
     logits    fill_logits(scores, tok, z)          [N, V]      estimate.unprobed_logits, z scattered
 
-A kernel module (torch_ref, cpu, triton_path) implements `probe`, `greedy` and `logits` of
-(step, h); none of them sees the head module. Buffers a kernel reuses across steps live here.
+A kernel (kernels/registry.py) implements `probe`, `greedy` and `logits` of (step, h); none of them
+sees the head module. The head's values are reached through `rows` (rows.py) only. Buffers a
+kernel reuses across steps live here. `Step.from_index` builds the step of a ClusterIndex.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import torch
 
+from ..config import FlashHeadError
 from ..estimate import unprobed_logits
+from ..quant import Stage1
+from ..shard import member_means, shard_tables
 
 
 def pick(tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -21,34 +28,76 @@ def pick(tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return tok.gather(1, z.argmax(1, keepdim=True)).squeeze(1)
 
 
+@dataclasses.dataclass(eq=False)
 class Step:
-    def __init__(self, weight, stage1, block_ids, assignments, offsets, exact_ids, exact_rows,
-                 probes: int, estimate=None, block_rows=None, slot_bias=None, arranged=None):
-        self.weight = weight                  # [V, d] the model's head (a tensor or q8rows.Q8Rows)
-        # None, or a copy of the head's rows in cluster order [K*cs, d] (cluster k: rows k*cs...):
-        # the CPU kernel's stage 2 then reads each probed cluster as one run (FlashHead's `arrange`)
-        self.arranged = arranged
-        self.stage1 = stage1                  # quant.Stage1: h -> [N, K] fp32
-        self.block_ids = block_ids            # [K, cs] token ids of each cluster
-        self.assignments = assignments        # [V] cluster of each token
-        self.offsets = offsets                # [V] fp32 the estimate's per-token offsets
-        self.exact_ids = exact_ids            # [F] always-exact tokens
-        self.exact_rows = exact_rows          # [F, d] fp32 their rows
-        self.probes = probes
-        self.estimate = estimate              # None: the estimate starts from stage 1's scores
-        # a vocabulary shard (shard.py): the rows stage 2 multiplies, and -inf on the slots whose
-        # token lies on another shard; None for a whole head (rows = token ids, every slot valid)
-        self.block_rows = block_ids if block_rows is None else block_rows
-        self.slot_bias = slot_bias
-        self.num_clusters, self.cluster_size = block_ids.shape
-        self.hidden = weight.shape[1]
-        self.vocab = assignments.numel()      # logits' width (a shard's: its tokens + the trash column)
+    rows: object                          # rows.HeadRows [V, d]: the head's rows, in place or arranged
+    stage1: Stage1                        # h -> [N, K] fp32
+    block_ids: torch.Tensor               # [K, cs] token ids of each cluster
+    assignments: torch.Tensor             # [V] cluster of each token
+    offsets: torch.Tensor                 # [V] fp32 the estimate's per-token offsets
+    exact_ids: torch.Tensor               # [F] always-exact tokens
+    exact_rows: torch.Tensor              # [F, d] fp32 their rows
+    probes: int
+    estimate: Stage1 | None = None        # None: the estimate starts from stage 1's scores
+    # a vocabulary shard (shard.py): the rows stage 2 multiplies [K, cs], and [K, cs] -inf on the
+    # slots whose token lies on another shard; None for a whole head (rows = token ids, every slot valid)
+    shard_rows: torch.Tensor | None = None
+    slot_bias: torch.Tensor | None = None
+
+    # the tensors the head registers as its buffers (moved with it; from_index makes them)
+    TABLES: ClassVar[tuple] = ("block_ids", "shard_rows", "slot_bias", "assignments", "offsets",
+                               "exact_ids", "exact_rows")
+
+    def __post_init__(self):
+        self.block_rows = self.block_ids if self.shard_rows is None else self.shard_rows   # [K, cs]
+        self.num_clusters, self.cluster_size = self.block_ids.shape
+        self.hidden = self.rows.shape[1]
+        self.vocab = self.assignments.numel()  # logits' width (a shard's: its tokens + the trash column)
         self.workspace: dict = {}             # the CPU kernel's buffers, grown to the largest step
         # int32 tables for the Triton kernels; within32[v] = slot of token v inside its cluster
-        self.block_ids32, self.assignments32 = block_ids.int(), assignments.int()
+        self.block_ids32, self.assignments32 = self.block_ids.int(), self.assignments.int()
         self.within32 = torch.empty_like(self.assignments32)
-        self.within32[block_ids.flatten()] = torch.arange(
-            self.cluster_size, dtype=torch.int32, device=block_ids.device).repeat(self.num_clusters)
+        self.within32[self.block_ids.flatten()] = torch.arange(
+            self.cluster_size, dtype=torch.int32, device=self.block_ids.device).repeat(self.num_clusters)
+
+    @classmethod
+    def from_index(cls, index, rows, probes: int, vocab_range: tuple[int, int] | None = None,
+                   means: torch.Tensor | None = None, arrange: bool = False) -> "Step":
+        """The step of `index` (index.ClusterIndex) over the head rows `rows` (rows.HeadRows: the
+        whole head, or with `vocab_range=(start, end)` a shard's rows of tokens [start, end)).
+        `means` [K, d]: for a cosine index, the members' means of the whole head (computed here
+        for a whole head); `arrange`: stage 2 reads a copy of the rows in cluster order."""
+        device = rows.device
+        ids, mask = index.blocks()
+        exact = torch.tensor(index.config.exact_tokens, dtype=torch.int64)
+        if exact.numel() and int(exact.max()) >= index.vocab:
+            raise FlashHeadError(f"exact_tokens holds ids outside the vocabulary ({index.vocab})")
+        if vocab_range is None:
+            # A short last cluster (V % cs != 0) repeats its first token in the empty slots: the
+            # repeat gets the same exact logit, so neither argmax nor the scatter changes.
+            ids, assignments, offsets = torch.where(mask, ids, ids[:, :1]), index.assignments, index.offsets
+            shard_rows = slot_bias = None
+        else:
+            ids, shard_rows, slot_bias, assignments, offsets, exact = shard_tables(
+                ids, mask, index.assignments, index.offsets, exact, *vocab_range)
+            shard_rows, slot_bias = shard_rows.to(device), slot_bias.to(device)
+        ids, exact = ids.to(device), exact.to(device)
+        cosine = index.config.stage1 == "cosine"        # published layout: rank by cosine (config.py)
+        c = torch.nn.functional.normalize(index.centroids, dim=1) if cosine else index.centroids
+        stage1 = Stage1(c, index.config.quantization, rows.dtype, device)
+        # the estimate's cluster score: stage 1's own score, or for a cosine index the members' mean
+        # logit h . mean(w) (one more [K, d] fp32 table, read by the logits path only)
+        if cosine and means is None:
+            if vocab_range is not None:
+                raise FlashHeadError("a shard of a cosine (published) index needs the members' means "
+                                     "of the whole head (means=)")
+            means = member_means(rows, index.assignments, index.num_clusters)
+        estimate = Stage1(means, "none", torch.float32, device) if cosine else None
+        exact_rows = rows.gather(exact).float()   # gathered once (fp32 like every exact logit)
+        return cls(rows=rows.arrange(ids) if arrange else rows, stage1=stage1, block_ids=ids,
+                   assignments=assignments.to(device), offsets=offsets.float().to(device), exact_ids=exact,
+                   exact_rows=exact_rows, probes=probes, estimate=estimate, shard_rows=shard_rows,
+                   slot_bias=slot_bias)
 
     def buffer(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
         """A reused buffer of `shape` (no fresh multi-MB allocation, hence no page faults, per step)."""

@@ -50,7 +50,6 @@ def load(model_dir, backend: str = "auto", gguf=None, probes: int | None = None,
     hold (llama.cpp sizes its cache from it); `max_sequences`: sequences decoded together."""
     from ..head import FlashHead
     from ..layout import load_assets
-    from ..q8rows import Q8Rows
 
     model_dir = Path(model_dir)
     name = choose(backend)
@@ -61,12 +60,7 @@ def load(model_dir, backend: str = "auto", gguf=None, probes: int | None = None,
         index = None if dense else load_assets(model_dir)        # fail fast, before the model load
         b = LlamaCppBackend(gguf_of(model_dir, gguf), n_ctx=n_ctx, threads=threads,
                             max_sequences=max_sequences, chat_dir=model_dir)
-        head = None
-        if index is not None:
-            w = b.head_weight()
-            head = FlashHead(w, index, probes, arrange=None if arrange else False)
-            if isinstance(w, Q8Rows) and arrange:
-                w.arrange(head.block_ids)
+        head = None if index is None else FlashHead(b.head_weight(), index, probes, arrange=arrange)
         return Model(b, head, model_dir)
     if gguf is not None:
         raise FlashHeadError("--gguf names the llama.cpp backend's file: leave it out with transformers")
