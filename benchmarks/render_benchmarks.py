@@ -73,17 +73,20 @@ import glob
 ll = [json.load(open(f"docs/bench/llamacpp-{m}.json")) for m in models
       if glob.glob(f"docs/bench/llamacpp-{m}.json")]
 if ll:
-    print("## llama.cpp (`flashhead bench DIR --backend llamacpp --batch 1,4,8 --exact --new-tokens 128 --decode-repeats 3`)\n")
+    print("## llama.cpp (`flashhead bench DIR --backend llamacpp --batch 1,4,8 --exact --audit 64 --new-tokens 128 --decode-repeats 3`)\n")
     print("llama.cpp's own dense decode against llama.cpp's body + FlashHead on the same GGUF file, threads and "
-          "prompt, in one process, alternating (src/flashhead/bench.py `bench_decode`, the one generate loop of tools/generate.py). FlashHead stops llama.cpp's "
+          "prompt, in one process, alternating (src/flashhead/bench.py `bench_decode`, the one decode loop of tools/engine.py). FlashHead stops llama.cpp's "
           "graph at `result_norm` and scores the head's Q8_0 rows itself, as llama.cpp computes them (so with "
           "every cluster probed it picks llama.cpp's tokens, tests/test_llamacpp.py). Body = llama.cpp's graph "
           "without the output projection; head = FlashHead's step; free-head bound = dense step / body, the "
           "speedup a head costing nothing would give. Greedy, median decode tokens/s (prefill excluded), end "
-          "tokens ignored. Exact = verified decoding (tools/generate.py): FlashHead proposes up to K tokens "
+          "tokens ignored. Exact = verified decoding (tools/engine.py): FlashHead proposes up to K tokens "
           "per sequence, the dense head checks them in one pass over its rows (`Q8Rows.dense_argmax`), the "
           "first disagreement takes the dense token and the cache is cut back; its output is checked equal "
-          "to the dense run's (`exact = dense`). ms per token: after the prefill, every sequence's tokens.\n")
+          "to the dense run's (`exact = dense`). ms per token: after the prefill, every sequence's tokens. "
+          "Audit = the fast mode with the live audit (the dense head also scores every 64th token of each "
+          "sequence): its tok/s, the share of the decode time its dense passes took, and how often FlashHead's top-1 was the dense "
+          "head's on the tokens checked (a greedy continuation of the prompt: in-domain for an English prompt).\n")
     for b in ll:
         mem = b["memory"]
         name = b["model_dir"].rstrip("/").split("/")[-1]

@@ -86,7 +86,7 @@ def suite_texts(model, tokenizer, domain: str, split: str = "eval") -> list[str]
 
 def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], new_tokens: int) -> dict:
     """Mean identical greedy prefix of FlashHead's generations against the dense head's, per probe
-    count (the one generate loop, tools/generate.py, on the transformers backend)."""
+    count (the one decode loop, tools/engine.py, on the transformers backend)."""
     from .backends.transformers import TransformersBackend
     from .tools.generate import generate
 

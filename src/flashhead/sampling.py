@@ -1,6 +1,6 @@
 """Token choice from full-vocabulary logits: greedy, or temperature / top-k / top-p sampling with a
 seeded generator (the same seed gives the same tokens). The one sampler of flashhead's generate
-loop (tools/generate.py), for every backend; transformers' and vLLM's own loops use their samplers
+loop (tools/engine.py), for every backend; transformers' and vLLM's own loops use their samplers
 on the same logits.
 
 `warp` turns logits into the distribution a token is drawn from (temperature, then top-k, then
