@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..config import FlashHeadError
-from ..tools.engine import Engine, Request, room, seed_of
+from ..tools.engine import Engine, Request, seed_of
 
 log = logging.getLogger("flashhead.serve")
 
@@ -108,7 +108,7 @@ class Worker:
     def metrics(self) -> dict:
         e, c = self.engine, self.counters
         st = e.stats
-        return {"uptime_seconds": time.time() - self.started, **{k: v for k, v in c.items()},
+        return {"uptime_seconds": time.time() - self.started, **c,
                 "requests_running": len(self._running), "requests_waiting": self.queued,
                 "sequences_live": len(e.seqs), "sequences_free": e.free_slots,
                 "sequences_max": self.backend.max_sequences,
@@ -176,16 +176,10 @@ class Worker:
             b = self.backend
             ids = [b.chat_tokens(p) if job.chat else (b.tokenize(p) if isinstance(p, str) else list(p))
                    for p in job.prompts]
-            if any(not x for x in ids):
-                raise FlashHeadError("a prompt is empty (no tokens)")
-            if any(t < 0 or t >= b.vocab for x in ids for t in x):
-                raise FlashHeadError(f"a prompt holds a token id outside 0..{b.vocab - 1}")
             if job.n * len(ids) > b.max_sequences:
                 raise FlashHeadError(f"n x prompts = {job.n * len(ids)}: this server decodes at most "
                                      f"{b.max_sequences} sequences at once (--max-sequences)")
             exact = self.exact if job.params.get("exact") is None else job.params["exact"]
-            if exact and self.engine.dense:
-                raise FlashHeadError("exact mode needs FlashHead; this server runs the dense head (--dense)")
             draft = self.engine.most_draft if exact else 0
             params = {k: v for k, v in job.params.items() if k != "exact"}
             job.requests = []
@@ -200,7 +194,7 @@ class Worker:
                     fields = {**params, "max_new_tokens": most, "seed": seed_of(params.get("seed"), j)}
                     job.requests.append(Request(x, exact=exact, **fields))
             for r in job.requests:
-                room(b, len(r.ids) + r.max_new_tokens + draft)
+                self.engine.check(r)
             job.prompt_tokens = sum(len(x) for x in ids)
         except (FlashHeadError, ValueError, TypeError) as e:
             job.deliver({"error": str(e), "status": 400})

@@ -126,19 +126,25 @@ class Engine:
     def free_slots(self) -> int:
         return len(self._free)
 
-    def add(self, req: Request) -> Seq:
-        """A sequence for `req`, prefilled at the next step. Errors (one line) for a request that
-        cannot run: bad sampling values, no prompt, no room in the context, no free slot."""
+    def check(self, req: Request) -> None:
+        """Errors (one line) for a request that cannot run here: bad sampling values, no prompt, a
+        token id outside the vocabulary, exact mode without a FlashHead, no room in the context."""
         check(req.temperature, req.top_p, req.top_k)
         if req.max_new_tokens < 1:
             raise FlashHeadError("need max_new_tokens >= 1")
         if not req.ids:
             raise FlashHeadError("a prompt is empty (no tokens)")
+        if min(req.ids) < 0 or max(req.ids) >= self.backend.vocab:
+            raise FlashHeadError(f"a prompt holds a token id outside 0..{self.backend.vocab - 1}")
         if req.exact and self.dense:
-            raise FlashHeadError("exact mode needs a FlashHead (this model was opened without assets)")
+            raise FlashHeadError("exact mode needs a FlashHead: this model runs the dense head only")
         if req.top_logprobs < 0 or (req.top_logprobs and not req.logprobs):
             raise FlashHeadError("top_logprobs needs logprobs and must be >= 0")
         room(self.backend, len(req.ids) + req.max_new_tokens + (self.most_draft if req.exact else 0))
+
+    def add(self, req: Request) -> Seq:
+        """A sequence for `req`, prefilled at the next step (`check`'s errors, or no free slot)."""
+        self.check(req)
         if not self._free:
             raise FlashHeadError(f"all {self.backend.max_sequences} sequences are busy")
         ends = (set() if req.ignore_end else set(self.backend.end_tokens())) | set(req.stop_tokens)
