@@ -27,6 +27,14 @@ for m in $MODELS; do
     flashhead bench "$dir" --backend llamacpp --gguf "$m" --batch 1 --exact --new-tokens 128 --decode-repeats 3 \
       --domain "$d" --json > "$RAW/exact-$m-$d.json"
   done
+  # context-aware probes: the suite with and without them (in-domain), then the languages check
+  e=$(python -c "from flashhead.context import default_for; print(default_for($default))")
+  [ "$m" = gemma-3-270m ] && n=1024 || n=2048
+  [ -n "${SKIP_EVAL:-}" ] || { flashhead eval "$dir" --suite --prompts 0 --max-positions $n --context-probes 0 --json \
+      > "$RAW/suite-context-$m-e0.json"
+    flashhead eval "$dir" --suite --prompts 0 --max-positions $n --json > "$RAW/suite-context-$m.json"
+    [ "$m" != gemma-3-270m ] || flashhead eval "$dir" --languages --context-probes 0,$e --max-positions 1024 --json \
+      > "$RAW/languages-$m.json"; }
   python benchmarks/dense_check.py "$m" --json "$RAW/dense-check-$m.json"
   python benchmarks/llamacpp_settings.py "$m" --json "$RAW/llamacpp-settings-$m.json"
   if [ "$m" = gemma-3-270m ]; then
@@ -39,5 +47,8 @@ done
 # the Amdahl report (transformers fp32/bf16, vLLM-CPU bf16; batch 1) on the same directories
 FLASHHEAD_DENSE_RULE=0 python benchmarks/amdahl.py --json "$RAW/amdahl.json" \
   --dir $(for m in $MODELS; do printf '%s=%s ' "$m" "$WORK/$m-flashhead"; done)
+[ -n "${SKIP_EVAL:-}" ] || { [ ! -f "$RAW/languages-gemma-3-270m.json" ] || python benchmarks/languages.py "$RAW/languages-gemma-3-270m.json" --into docs/FIDELITY.md
+  python benchmarks/languages.py --into docs/FIDELITY.md --suite $(for m in $MODELS; do
+    printf '%s=%s,%s ' "$m" "$RAW/suite-context-$m-e0.json" "$RAW/suite-context-$m.json"; done); }
 python benchmarks/render_benchmarks.py $MODELS > docs/BENCHMARKS.md
 echo "wrote docs/BENCHMARKS.md"

@@ -6,13 +6,15 @@ PYTHON=${PYTHON:-python3}
 # Real text for `flashhead eval`, the builds' calibration and the tests: the domain suite of
 # src/flashhead/corpus.py (English, German, Russian, Spanish, Italian fortunes; the Debian FAQ).
 # (fortunes-pl, -cs, -bg, -zh: corpus.LANGUAGES, the calibration-breadth experiment of docs/FIDELITY.md;
-# iso-codes: message catalogs in ~100 languages among corpus `translations`, another breadth experiment)
-TEXT_PACKAGES="fortunes fortunes-min fortunes-de fortunes-ru fortunes-es fortunes-it debian-faq fortunes-pl fortunes-cs fortunes-bg fortunes-zh iso-codes"
+# iso-codes: message catalogs in ~100 languages among corpus `translations`, another breadth experiment;
+# installation-guide-amd64: the Debian Installation Guide in 19 languages, the languages check of languages.py)
+TEXT_PACKAGES="fortunes fortunes-min fortunes-de fortunes-ru fortunes-es fortunes-it debian-faq fortunes-pl fortunes-cs fortunes-bg fortunes-zh iso-codes installation-guide-amd64"
 if [ ! -d /usr/share/games/fortunes/ru ] || [ ! -d /usr/share/games/fortunes/de ] \
    || [ ! -d /usr/share/games/fortunes/es ] || [ ! -d /usr/share/games/fortunes/it ] \
    || [ ! -d /usr/share/games/fortunes/pl ] || [ ! -d /usr/share/games/fortunes/cs ] \
    || [ ! -d /usr/share/games/fortunes/bg ] || [ ! -f /usr/share/games/fortunes/chinese ] \
-   || [ ! -f /usr/share/doc/debian/FAQ/debian-faq.en.txt.gz ] || [ ! -f /usr/share/locale/fr/LC_MESSAGES/iso_639-2.mo ]; then
+   || [ ! -f /usr/share/doc/debian/FAQ/debian-faq.en.txt.gz ] || [ ! -f /usr/share/locale/fr/LC_MESSAGES/iso_639-2.mo ] \
+   || [ ! -d /usr/share/doc/installation-guide-amd64/vi ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     { $SUDO apt-get install -y -q $TEXT_PACKAGES >/dev/null 2>&1 \
       || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q $TEXT_PACKAGES >/dev/null; }; } \

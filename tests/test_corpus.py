@@ -85,3 +85,24 @@ def test_optional_sources_are_named_not_defaulted():
     assert calibration_sources(["suite", "translations"])[-1] == "translations"
     with pytest.raises(FlashHeadError, match="translations"):      # the error lists what exists
         calibration_sources(["translation"])
+
+
+def test_languages_check_is_running_prose_in_its_own_scripts():
+    """The languages check (languages.py): every language has running text, in its script, with
+    the paragraphs left in English dropped; none is a default calibration source."""
+    import re
+
+    from flashhead import corpus, languages
+
+    scripts = {"el": r"[\u0370-\u03ff]", "ja": r"[\u3040-\u30ff]", "ko": r"[\uac00-\ud7af]",
+               "zh_CN": r"[\u4e00-\u9fff]", "bg": r"[\u0400-\u04ff]"}
+    for lang in languages.LANGUAGES:
+        texts = languages.texts(lang)
+        assert len(texts) >= 50, lang
+        text = " ".join(texts)
+        if lang in scripts:
+            assert len(re.findall(scripts[lang], text)) > 0.3 * len(text.replace(" ", "")), lang
+        english = sum(len(re.findall(r"\b(the|and|you|with)\b", t)) >= 4 for t in texts)
+        assert english <= 0.02 * len(texts), (lang, english)
+    assert not set(languages.LANGUAGES) & set(corpus.DOMAINS)
+    assert languages.texts("vi")[0] == languages.texts("vi")[0]      # a stable order

@@ -33,6 +33,40 @@ def test_all_probes_equals_dense(smol):
     assert rows[0]["bytes_fraction"] < 0.1 < full["bytes_fraction"]
 
 
+def test_kld_and_context_agree_with_a_direct_computation(smol):
+    """eval's KL divergence, Δp and agreement with each position's context (the text so far) are
+    those computed directly from the dense logits and FlashHead's logits given that context; with
+    every cluster probed the KLD is nil."""
+    import torch
+
+    from flashhead.context import running
+
+    model, tok, _, _ = smol
+    head, w = model.lm_head.flashhead, model.lm_head.weight.detach()
+    H, y, x, first = teacher_forced(model, tok, corpus.load("eval")[:6], max_positions=200, inputs=True)
+    saved, head.context_probes = head.context_probes, 24
+    try:
+        r = evaluate_hidden(head, w, H, y, [head.probes], chunk=32, inputs=(x, first))[0]
+        ctx = running(head.assignments, head.num_clusters, x, first)
+        with head.flashhead_only():
+            flash = head(H, ctx)
+        plain = evaluate_hidden(head, w, H, y, [head.probes])[0]
+    finally:
+        head.context_probes = saved
+    dense = H @ w.T.float()
+    ld, lf = dense.log_softmax(1), flash.log_softmax(1)
+    kld = (ld.exp() * (ld - lf)).sum(1).clamp_min(0)
+    assert r["context_probes"] == 24 and plain["context_probes"] == 0
+    assert math.isclose(r["kld_mean"], float(kld.mean()), rel_tol=1e-3, abs_tol=1e-6)
+    assert math.isclose(r["kld_p99"], float(torch.quantile(kld.double(), 0.99)), rel_tol=1e-3, abs_tol=1e-6)
+    dp = lf.exp().gather(1, y[:, None]) - ld.exp().gather(1, y[:, None])
+    assert math.isclose(r["delta_p_mean"], float(dp.mean()), rel_tol=1e-3, abs_tol=1e-6)
+    assert math.isclose(r["top1_agreement"], float((flash.argmax(1) == dense.argmax(1)).double().mean()))
+    with head.flashhead_only():
+        full = evaluate_hidden(head, w, H, y, [head.num_clusters], inputs=(x, first))[0]
+    assert full["kld_mean"] < 1e-5 and r["kld_mean"] > 1e-4
+
+
 def test_smallest_probes_reaches_target(smol):
     model, _, H, _ = smol
     head, w = model.lm_head.flashhead, model.lm_head.weight.detach()
@@ -105,3 +139,20 @@ def test_cli_eval_suite_json_per_domain_and_worst(smollm2_flashhead_dir, tmp_pat
         assert r["results"][0]["top1_agreement"] <= r["results"][1]["top1_agreement"]
     worst = out["worst"]["top1_agreement"]
     assert worst["value"] == min(r["results"][0]["top1_agreement"] for r in out["domains"].values())
+
+
+def test_languages_check_runs_each_budget_on_the_same_positions(smol):
+    """The languages check (`flashhead eval --languages`): one teacher-forced pass per language, a
+    row per context budget, a worst and mean per budget."""
+    from flashhead.evaluate import evaluate_languages
+
+    model, tok, _, _ = smol
+    r = evaluate_languages(model, tok, ["vi", "el"], [0, 36], max_positions=128)
+    assert r["contexts"] == [0, 36] and set(r["languages"]) == {"vi", "el"}
+    for lang in r["languages"].values():
+        assert lang["positions"] == 128
+        assert [x["context_probes"] for x in lang["results"]] == [0, 36]
+        assert all(x["kld_mean"] >= 0 and 0 < x["top1_agreement"] <= 1 for x in lang["results"])
+    s = r["summary"][36]
+    assert s["worst"] == min(x["results"][1]["top1_agreement"] for x in r["languages"].values())
+    assert model.lm_head.flashhead.context_probes == 36      # the model's default (P/8) is left as it was

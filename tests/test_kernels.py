@@ -279,6 +279,25 @@ def test_triton_equals_reference(quant, dtype):
 
 
 @triton
+def test_triton_context_probes_equal_reference():
+    """With a context (context.py), Triton's top-P takes the clusters TORCH's `rank` picks."""
+    w, head = _head(probes=6, device=TRITON_DEVICE)
+    head.context_probes = 3
+    g = torch.Generator().manual_seed(5)
+    for n in (1, 5):
+        h = torch.randn(n, 64, generator=g).to(TRITON_DEVICE)
+        ctx = (torch.rand(n, head.num_clusters, generator=g) < 0.2).to(TRITON_DEVICE)
+        head.kernel = Kernel.TORCH
+        s_r, tok_r, _ = head.probe(h, ctx)
+        want, greedy = head(h, ctx), head.greedy(h, ctx)
+        head.kernel = Kernel.TRITON
+        s_t, tok_t, _ = head.probe(h, ctx)
+        assert torch.equal(tok_t.sort(1).values, tok_r.sort(1).values)
+        torch.testing.assert_close(head(h, ctx), want, rtol=1e-4, atol=1e-4)
+        assert torch.equal(head.greedy(h, ctx), greedy)
+
+
+@triton
 def test_triton_exact_tokens_equal_reference():
     w, head = _head(probes=3, device=TRITON_DEVICE, exact=(5, 2990))
     for n in (1, 5, 16):

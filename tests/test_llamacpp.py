@@ -15,6 +15,7 @@ import flashhead  # noqa: E402
 from flashhead.backends import Entry  # noqa: E402
 from flashhead.backends.llamacpp import LlamaCppBackend, gguf_head  # noqa: E402
 from flashhead.config import FlashHeadError  # noqa: E402
+from flashhead.context import running  # noqa: E402
 from flashhead.head import FlashHead  # noqa: E402
 from flashhead.layout import load_assets  # noqa: E402
 from flashhead.q8rows import Q8Rows  # noqa: E402
@@ -127,7 +128,10 @@ def test_audit_counts_what_an_offline_check_counts(model):
         ids = b.tokenize(prompt)
         H = b.hidden_states(ids + new[:-1])[len(ids) - 1:]          # the states each new token came from
         b.reset()
-        assert model.head.greedy(H).tolist() == new                   # the same steps, offline
+        held = torch.tensor(ids + new[:-1])                           # each step's context: the text so far
+        first = torch.arange(len(held)) == 0
+        ctx = running(model.head.assignments, model.head.num_clusters, held, first)[len(ids) - 1:]
+        assert model.head.greedy(H, ctx).tolist() == new              # the same steps, offline
         due = torch.arange(every - 1, len(new), every)                # every N-th token of the sequence
         agree = int((b.dense_argmax(H[due]) == torch.tensor(new)[due]).sum())
         a = out["audit"]

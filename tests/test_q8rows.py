@@ -54,3 +54,25 @@ def test_q8_step_equals_reference(quant, arranged):
         assert float((got - want).abs().max()) < 0.03 * scale
         assert torch.equal(cpu.greedy(h), cpu(h).argmax(1))            # the greedy pick of its own logits
         torch.testing.assert_close(cpu(h)[:, [11, 3001]], ref(h)[:, [11, 3001]], rtol=0, atol=0.03 * scale)
+
+
+def test_q8_fused_step_takes_the_context_as_the_reference_does():
+    """The native fused step (int8 stage 1, q8_0.c select_top) with a context probes the clusters
+    kernels/step.py `rank` picks from the same scores: the context's best E, then stage 1's best."""
+    rows, cpu, _ = _heads("int8", probes=12)
+    cpu.context_probes = 5
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(6, 64, generator=g)
+    ctx = torch.rand(6, cpu.num_clusters, generator=g) < 0.2
+    ctx[0] = False
+    ctx[1] = False
+    ctx[1, :3] = True                                     # fewer context clusters than E
+    scores, tok, z = cpu.probe(h, ctx)
+    want = cpu.step.rank(scores, ctx).topk(12, dim=1).indices
+    for i in range(6):
+        got = set(cpu.assignments[tok[i, : 12 * 16]].tolist())
+        assert got == set(want[i].tolist())
+    assert torch.equal(cpu.greedy(h, ctx), cpu(h, ctx).argmax(1))
+    plain = cpu.probe(h)[1]
+    assert torch.equal(plain[0], tok[0])                  # an empty context: stage 1 alone
+    assert not torch.equal(plain[2:], tok[2:])

@@ -257,7 +257,7 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
           probes: int | None = None, new_tokens: int = 32, repeats: int = 20, decode_repeats: int = 3,
           build: bool = True, decode: bool = True, prompt: str = PROMPT, backend: str = "transformers",
           gguf=None, exact: bool = False, decode_batches=None, arrange: bool = True, threads: int | None = None,
-          audit: int = 0) -> dict:
+          audit: int = 0, context_probes: int | None = None) -> dict:
     """Benchmarks of a FlashHead model directory -> one dict. transformers: the head alone (dense vs
     FlashHead on real hidden states, per batch size) and decode; llama.cpp: decode on the GGUF
     file against llama.cpp's own dense head, and the memory FlashHead adds."""
@@ -275,7 +275,7 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
             raise FlashHeadError("the llama.cpp backend runs on the CPU here: leave out --device")
         n = max(decode_batches)
         model = load(model_dir, "llamacpp", gguf=gguf, probes=probes, arrange=arrange, threads=threads,
-                     max_sequences=n, n_ctx=new_tokens + 1024)
+                     max_sequences=n, n_ctx=new_tokens + 1024, context_probes=context_probes)
         from .backends.llamacpp import LlamaCppBackend
 
         # llama.cpp's own dense decode as a user runs it: its default settings (backends/llamacpp.py)
@@ -285,6 +285,7 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
             head, mem = model.head, model.memory()
             out = {"backend": "llamacpp", "model_dir": str(model_dir), "gguf": str(model.backend.path),
                    "llama_cpp_python": llama_cpp.__version__, "probes": head.probes,
+                   "context_probes": head.context_probes,
                    "clusters": head.num_clusters, "vocab": model.backend.vocab, "hidden": model.backend.hidden,
                    "head_form": "Q8_0 (in the GGUF file)" if mem["head_bytes_in_gguf"] else "fp32 copy",
                    "prompt": prompt, "prompt_tokens": len(model.backend.tokenize(prompt)),
@@ -298,7 +299,7 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
         return out
     torch_dtype = DTYPES[dtype]
     model = load(model_dir, "transformers", probes=probes, dtype=torch_dtype, threads=threads,
-                 max_sequences=max(decode_batches))
+                 max_sequences=max(decode_batches), context_probes=context_probes)
     hf_model, tok = model.backend.model, model.backend.tokenizer
     if device != "cpu":           # the backend takes its device from the model's weight
         from .backends.transformers import TransformersBackend

@@ -43,6 +43,10 @@ class FlashHeadConfig:
     iterations: int = 4
     seed: int = 0
     version: int = FORMAT_VERSION
+    # Context-aware probes (context.py): of the P probes, the most that go to the clusters of the
+    # tokens a sequence already holds. None: the library's default share of P (context.SHARE);
+    # 0: off. Not written to flashhead.json unless set.
+    context_probes: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.cluster_size, int) or self.cluster_size < 1:
@@ -59,12 +63,17 @@ class FlashHeadConfig:
             raise FlashHeadError(f"stage1 must be one of {STAGE1}, got {self.stage1!r}")
         if not isinstance(self.iterations, int) or self.iterations < 0:
             raise FlashHeadError(f"iterations must be a non-negative integer, got {self.iterations!r}")
+        if self.context_probes is not None and (not isinstance(self.context_probes, int) or self.context_probes < 0):
+            raise FlashHeadError(f"context_probes must be a non-negative integer or null, got {self.context_probes!r}")
         if self.version != FORMAT_VERSION:
             raise FlashHeadError(f"flashhead.json format version {self.version} is not supported "
                                  f"(this library reads version {FORMAT_VERSION})")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["context_probes"] is None:
+            del d["context_probes"]       # the library's default: readers that predate it still load
+        return d
 
     @classmethod
     def from_dict(cls, data: dict) -> "FlashHeadConfig":

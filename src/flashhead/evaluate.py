@@ -13,34 +13,47 @@ import torch
 
 from . import metrics
 from .config import FlashHeadError
+from .context import running
 from .head import FlashHead
 from .fit import dense_top1_rank, smallest_probes
-from .hidden import teacher_forced
+from .hidden import positions, teacher_forced
 from .kernels.step import pick
 from .rows import as_rows
 
 
 def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targets: torch.Tensor,
-                    probes: list[int], chunk: int = 64, stop_ids: list[int] | None = None) -> list[dict]:
+                    probes: list[int], chunk: int = 64, stop_ids: list[int] | None = None,
+                    inputs: tuple | None = None) -> list[dict]:
     """Teacher-forced metrics per probe count from precomputed hidden states H [N, d] and next
     tokens [N] (hidden.teacher_forced): a sweep over probes reuses one forward pass of the model.
     `stop_ids` (the tokens that end a reply): how often FlashHead stops where the dense head
     stops (`stop_match`, over the positions where the dense greedy token is one of them) and
-    where it does not (`false_stops`, a share of all positions)."""
+    where it does not (`false_stops`, a share of all positions). `inputs` (the token at each
+    position [N], text starts [N] bool; teacher_forced(inputs=True)): each position's text so far
+    is its context (context.py), which takes up to `head.context_probes` of the probes."""
     keys = ["agree", "contain1", "contain5", "tv1", "nll", "stop_hit", "stop_n", "false_stop"]
     sums = {p: dict.fromkeys(keys, 0.0) for p in probes}
+    kld = {p: [] for p in probes}
+    dp = {p: [] for p in probes}
     stops = torch.tensor(sorted(stop_ids or []), dtype=torch.int64)
     dense_nll = 0.0
     w = as_rows(weight)
     w = w if w.dtype == torch.float32 else as_rows(weight.float())   # fp32 products (Q8_0: llama.cpp's)
+    use_context = inputs is not None and head.context_probes > 0
+    carry = None
     with head.flashhead_only():              # measure FlashHead itself at every chunk size
         for s in range(0, H.shape[0], chunk):
             h, t = H[s:s + chunk], targets[s:s + chunk]
+            ctx = None
+            if use_context:
+                ctx = running(head.assignments, head.num_clusters, inputs[0][s:s + chunk],
+                              inputs[1][s:s + chunk], carry).to(h.device)
+                carry = ctx[-1]
             dense = w.dense(h.float())                                    # [n, V]
             dense_nll += float(metrics.nll(dense, t).sum())
             for p in probes:
                 head.probes = p
-                scores, tok, z = head.probe(h.to(weight.dtype))
+                scores, tok, z = head.probe(h.to(weight.dtype), ctx)
                 greedy = pick(tok, z)
                 logits = head.fill_logits(h, scores, tok, z)       # = head(h), one step not two
                 acc = sums[p]
@@ -49,6 +62,8 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
                 acc["contain5"] += float(metrics.containment(tok, dense, 5).sum())
                 acc["tv1"] += float(metrics.tv_distance(logits, dense, 1.0).sum())
                 acc["nll"] += float(metrics.nll(logits, t).sum())
+                kld[p].append(metrics.kl_divergence(dense, logits))
+                dp[p].append(metrics.delta_p(dense, logits, t))
                 if stops.numel():
                     d_stop, f_stop = torch.isin(dense.argmax(1), stops), torch.isin(greedy, stops)
                     acc["stop_n"] += float(d_stop.sum())
@@ -61,11 +76,12 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
         extra = {} if not stops.numel() else {
             "stop_positions": int(acc["stop_n"]), "false_stops": acc["false_stop"] / n,
             "stop_match": acc["stop_hit"] / acc["stop_n"] if acc["stop_n"] else None}
-        rows.append({"probes": p, **extra,
+        rows.append({"probes": p, "context_probes": head.context_probes if use_context else 0, **extra,
                      "top1_agreement": acc["agree"] / n, "containment": acc["contain1"] / n,
                      "containment_top5": acc["contain5"] / n, "tv_distance": acc["tv1"] / n,
                      "ppl_dense": math.exp(dense_nll / n),
                      "ppl_flashhead": math.exp(acc["nll"] / n),
+                     **metrics.distribution_stats(torch.cat(kld[p]), torch.cat(dp[p])),
                      **metrics.cost(head.vocab, head.hidden, head.num_clusters, head.cluster_size, p,
                                     head.config.quantization, weight.dtype),
                      # the same step of the model served in bf16 (as on a GPU): the ratio to quote
@@ -111,8 +127,8 @@ def evaluate(model, tokenizer, texts: list[str], probes: list[int] | None = None
     for p in probes:
         if not 1 <= p <= head.num_clusters:
             raise FlashHeadError(f"probes must lie in [1, {head.num_clusters}], got {p}")
-    H, targets = teacher_forced(model, tokenizer, texts, max_positions)
-    rows = evaluate_hidden(head, lm.weight.detach(), H, targets, probes, stop_ids=stop_ids)
+    H, targets, x, first = teacher_forced(model, tokenizer, texts, max_positions, inputs=True)
+    rows = evaluate_hidden(head, lm.weight.detach(), H, targets, probes, stop_ids=stop_ids, inputs=(x, first))
     if prompts > 0:
         starts = [" ".join(t.split()[:8]) for t in texts[:prompts]]
         match = _generation_match(model, tokenizer, starts, probes, new_tokens)
@@ -159,23 +175,23 @@ def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: l
     return out
 
 
-def backend_hidden(backend, texts: list[str], max_positions: int):
+def backend_hidden(backend, texts: list[str], max_positions: int, inputs: bool = False):
     """Teacher-forced hidden states [N, d] and next tokens [N] from a Backend, text by text (each
-    within the backend's context)."""
-    hs, ts, n = [], [], 0
+    within the backend's context); `inputs`: hidden.positions."""
+    hs, ids_, n = [], [], 0
     for text in texts:
         ids = backend.tokenize(text)[: backend.n_ctx]
         if len(ids) < 2:
             continue
         h = backend.hidden_states(ids)[:-1]
         hs.append(h[: max_positions - n])
-        ts.append(torch.tensor(ids[1:len(hs[-1]) + 1]))
+        ids_.append(torch.tensor(ids[:len(hs[-1]) + 1]))
         n += hs[-1].shape[0]
         if n >= max_positions:
             break
     if not hs:
         raise FlashHeadError("no text with two or more tokens")
-    return torch.cat(hs), torch.cat(ts)
+    return positions(hs, ids_, max_positions, inputs)
 
 
 def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] | None = None,
@@ -200,10 +216,49 @@ def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] 
             raise FlashHeadError("the chat domain is measured with `flashhead eval` on transformers only")
         if progress:
             print(f"eval ({backend.name}): {d}", flush=True)
-        H, targets = backend_hidden(backend, corpus.load("eval", d), max_positions)
-        rows = evaluate_hidden(head, head.weight, H, targets, probes)
+        H, targets, x, first = backend_hidden(backend, corpus.load("eval", d), max_positions, inputs=True)
+        rows = evaluate_hidden(head, head.weight, H, targets, probes, inputs=(x, first))
         out["domains"][d] = {"positions": int(H.shape[0]), "in_domain": d in seen, "results": rows}
     out["worst"] = worst_domains(out["domains"])
+    return out
+
+
+def evaluate_languages(model, tokenizer, langs: list[str] | None = None, contexts: list[int] | None = None,
+                       max_positions: int = 1536, max_length: int = 512, progress: bool = False) -> dict:
+    """The languages check (languages.py): teacher-forced fidelity per language at the model's
+    probes, once per context budget in `contexts` (0: stage 1 alone; E: up to E of the P probes go
+    to the clusters of the text so far, context.py), texts of up to `max_length` tokens. Every
+    language is held out (no build calibrates on it)."""
+    from . import languages
+
+    head = model.lm_head.flashhead
+    contexts = sorted(set(contexts if contexts is not None else [0, head.context_probes]))
+    for e in contexts:
+        if not 0 <= e <= head.probes:
+            raise FlashHeadError(f"a context budget lies in [0, probes = {head.probes}], got {e}")
+    out = {"probes": head.probes, "contexts": contexts, "max_length": max_length, "languages": {}}
+    saved = head.context_probes
+    try:
+        for lang in langs or list(languages.LANGUAGES):
+            if progress:
+                print(f"languages: {lang}", flush=True)
+            H, y, x, first = teacher_forced(model, tokenizer, languages.texts(lang), max_positions, max_length,
+                                            inputs=True)
+            rows = []
+            for e in contexts:
+                head.context_probes = e
+                rows += evaluate_hidden(head, model.lm_head.weight.detach(), H, y, [head.probes], inputs=(x, first))
+            out["languages"][lang] = {"positions": int(H.shape[0]), "script": languages.SCRIPTS.get(lang, "Latin"),
+                                      "results": rows}
+    finally:
+        head.context_probes = saved
+    out["summary"] = {e: {"worst": min(r["results"][i]["top1_agreement"] for r in out["languages"].values()),
+                          "mean": sum(r["results"][i]["top1_agreement"] for r in out["languages"].values())
+                          / len(out["languages"]),
+                          "kld_worst": max(r["results"][i]["kld_mean"] for r in out["languages"].values()),
+                          "kld_mean": sum(r["results"][i]["kld_mean"] for r in out["languages"].values())
+                          / len(out["languages"])}
+                      for i, e in enumerate(contexts)}
     return out
 
 

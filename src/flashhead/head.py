@@ -23,6 +23,7 @@ import torch
 
 from . import kernels
 from .config import FlashHeadError
+from .context import default_for
 from .dense_rule import DenseRule
 from .index import ClusterIndex, check_fingerprint as _check
 from .kernels import Kernel
@@ -36,13 +37,16 @@ class FlashHead(torch.nn.Module):
     def __init__(self, weight, index: ClusterIndex, probes: int | None = None,
                  check_fingerprint: bool = True, kernel: Kernel | str = Kernel.AUTO,
                  vocab_range: tuple[int, int] | None = None, means: torch.Tensor | None = None,
-                 arrange: bool | None = None):
+                 arrange: bool | None = None, context_probes: int | None = None):
         """`weight`: the head [V, d], a tensor or rows.HeadRows (e.g. q8rows.Q8Rows).
 
         `vocab_range=(start, end)`: a tensor-parallel shard (shard.py): `weight` holds the rows
         of tokens [start, end) only, logits come from `shard_logits`/`shard_top`; the caller checks
         the fingerprint on the whole head and, for a cosine index, passes the members' `means`
         [K, d] of the whole head.
+
+        `context_probes`: of the P probes, the most that go to a sequence's own clusters when a
+        call passes its context (context.py); None: the assets' value, else context.default_for(P).
 
         `arrange`: keep a copy of the head's rows in cluster order for the CPU kernel's stage 2
         (taken here: a weight changed in place later is not seen by it); None = a whole head held
@@ -83,6 +87,9 @@ class FlashHead(torch.nn.Module):
         self.cuda_graphs = True           # eager CUDA calls replay a captured step (kernels/graphs.py)
         self._graphs = GraphCache()
         self.kernel = kernel
+        if context_probes is None:
+            context_probes = index.config.context_probes
+        self.context_probes = default_for(self.probes) if context_probes is None else context_probes
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)       # buffers moved or cast: the step refers to the new ones
@@ -122,6 +129,18 @@ class FlashHead(torch.nn.Module):
             self.step.probes = p
 
     @property
+    def context_probes(self) -> int:
+        """Of the P probes, the most that go to the clusters of the tokens a sequence holds (its
+        context, context.py) when a call passes one; 0: stage 1 alone picks (step.rank)."""
+        return self.step.context_probes
+
+    @context_probes.setter
+    def context_probes(self, e: int) -> None:
+        if not isinstance(e, int) or not 0 <= e <= self.num_clusters:
+            raise FlashHeadError(f"context_probes must be an integer in [0, {self.num_clusters}], got {e!r}")
+        self.step.context_probes = e
+
+    @property
     def stats(self) -> dict:
         """Steps run by FlashHead and by the dense head (the dense rule's counts)."""
         return self.rule.stats
@@ -156,10 +175,11 @@ class FlashHead(torch.nn.Module):
         """h [N, d] -> stage-1 cluster scores [N, K] fp32, as the kernel computes them."""
         return self._step_kernel.stage1(self.step, self._flat(h, self.vocab_range is not None))
 
-    def probe(self, h: torch.Tensor):
+    def probe(self, h: torch.Tensor, context: torch.Tensor | None = None):
         """h [N, d] -> scores [N, K] fp32, token ids [N, P*cs (+F)], exact logits [N, P*cs (+F)]
-        fp32 (F: the always-exact tokens)."""
-        return self._step_kernel.probe(self.step, h)
+        fp32 (F: the always-exact tokens); `context` [N, K] bool: each position's sequence's
+        clusters (context.py), which take up to `context_probes` of the P probes."""
+        return self._step_kernel.probe(self.step, h, context)
 
     def fill_logits(self, h: torch.Tensor, scores: torch.Tensor, tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """h [N, d] and probe(h)'s output -> logits [N, V] fp32 (kernels/step.py)."""
@@ -197,14 +217,15 @@ class FlashHead(torch.nn.Module):
             raise FlashHeadError(f"hidden states have size {h.shape[-1]}, the head expects {self.hidden}")
         return h.reshape(-1, self.hidden)
 
-    def greedy(self, h: torch.Tensor) -> torch.Tensor:
-        """h [..., d] -> token ids [...]: argmax over the exactly scored tokens (the dense rule applies)."""
+    def greedy(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """h [..., d] -> token ids [...]: argmax over the exactly scored tokens (the dense rule
+        applies); `context` [N, K] bool: see probe."""
         lead, h = h.shape[:-1], self._flat(h)
         if self.route(h.shape[0]):
             return self.rows.dense(h).argmax(1).view(lead)
-        return self.flash_greedy(h).view(lead)
+        return self.flash_greedy(h, context).view(lead)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """h [..., d] -> logits [..., V] fp32 over the whole vocabulary (the dense rule applies).
 
         Probed tokens carry their exact logit; every other token its estimate (fill_logits).
@@ -212,7 +233,7 @@ class FlashHead(torch.nn.Module):
         lead, h = h.shape[:-1], self._flat(h)
         if self.route(h.shape[0]):
             return self.rows.dense(h).float().view(*lead, self.vocab)
-        return self.flash_logits(h).view(*lead, self.vocab)
+        return self.flash_logits(h, context).view(*lead, self.vocab)
 
     def score(self, h: torch.Tensor, targets: torch.Tensor, chunk: int = 512):
         """Teacher-forced scoring by FlashHead (whatever the dense rule): h [N, d] and the known next
@@ -234,14 +255,14 @@ class FlashHead(torch.nn.Module):
             greedy.append(pick(tok, z))
         return torch.cat(logp), torch.cat(greedy)
 
-    def flash_greedy(self, h: torch.Tensor) -> torch.Tensor:
+    def flash_greedy(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """h [N, d] -> token ids [N] by FlashHead, whatever the dense rule (an integration that
         routed the step itself)."""
-        return self._launch(self._step_kernel.greedy, self._flat(h))
+        return self._launch(self._step_kernel.greedy, self._flat(h), context)
 
-    def flash_logits(self, h: torch.Tensor) -> torch.Tensor:
+    def flash_logits(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """h [N, d] -> logits [N, V] fp32 by FlashHead, whatever the dense rule."""
-        return self._launch(self._step_kernel.logits, self._flat(h))
+        return self._launch(self._step_kernel.logits, self._flat(h), context)
 
     # ---- a tensor-parallel shard (vocab_range; shard.py) -----------------------------------------
 
@@ -264,7 +285,12 @@ class FlashHead(torch.nn.Module):
         best, j = z.max(1, keepdim=True)
         return best.squeeze(1), tok.gather(1, j).squeeze(1) + self.vocab_range[0]
 
-    def _launch(self, fn, h: torch.Tensor) -> torch.Tensor:
+    def _launch(self, fn, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is not None and self.context_probes:
+            if context.shape != (h.shape[0], self.num_clusters):
+                raise FlashHeadError(f"a context is [positions, clusters] = [{h.shape[0]}, "
+                                     f"{self.num_clusters}], got {list(context.shape)}")
+            return fn(self.step, h, context)      # eager: the captured graphs take h only
         if not (self.cuda_graphs and h.is_cuda):
             return fn(self.step, h)
         key = (fn, h.shape[0], h.dtype, self.probes, self._resolved)

@@ -22,25 +22,39 @@ def _head_weight(model) -> torch.Tensor:
 
 @torch.inference_mode()
 def teacher_forced(model, tokenizer, texts: list[str], max_positions: int = 4096,
-                   max_length: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                   max_length: int = 128, inputs: bool = False):
     """Hidden states H [N, d] fp32 and next tokens [N] over `texts`, text after text (one forward
     per text, each truncated to `max_length` tokens), N <= max_positions. (Batching texts with
-    padding measured slower on the CPU: 8.0 vs 5.6 s for 40 texts, SmolLM2.)"""
+    padding measured slower on the CPU: 8.0 vs 5.6 s for 40 texts, SmolLM2.) `inputs`: also the
+    token at each position [N] and whether it starts a text [N] bool (a text's context, context.py)."""
     body = model.base_model
-    hs, ts, n = [], [], 0
+    hs, ids_ = [], []
+    n = 0
     for text in texts:
         ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"]
         if ids.shape[1] < 2:
             continue
         h = body(input_ids=ids.to(model.device)).last_hidden_state[0, :-1]
         hs.append(h.float().cpu())
-        ts.append(ids[0, 1:])
+        ids_.append(ids[0])
         n += h.shape[0]
         if n >= max_positions:
             break
     if not hs:
         raise FlashHeadError("no text to take hidden states from")
-    return torch.cat(hs)[:max_positions], torch.cat(ts)[:max_positions]
+    return positions(hs, ids_, max_positions, inputs)
+
+
+def positions(hs: list, ids: list, max_positions: int, inputs: bool = False):
+    """Texts' hidden states [n_i, d] and token ids [n_i + 1] -> H [N, d], next tokens [N] (and with
+    `inputs` the token at each position [N], text starts [N] bool), N <= max_positions."""
+    H = torch.cat(hs)[:max_positions]
+    y = torch.cat([t[1:] for t in ids])[:max_positions]
+    if not inputs:
+        return H, y
+    x = torch.cat([t[:-1] for t in ids])[:max_positions]
+    first = torch.cat([torch.arange(len(t) - 1) == 0 for t in ids])[:max_positions]
+    return H, y, x, first
 
 
 @torch.inference_mode()

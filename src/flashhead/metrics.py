@@ -28,6 +28,32 @@ def tv_distance(logits_a: torch.Tensor, logits_b: torch.Tensor, temperature: flo
     return 0.5 * (pa - pb).abs().sum(-1)
 
 
+def kl_divergence(dense_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """[N] KL(dense || FlashHead) in nats, each position's full-vocabulary distributions at T = 1:
+    what llama.cpp's `llama-perplexity --kl-divergence` reports for a quantization against its base."""
+    ld, lf = dense_logits.float().log_softmax(-1), logits.float().log_softmax(-1)
+    return (ld.exp() * (ld - lf)).sum(-1).clamp_min(0.0)
+
+
+def delta_p(dense_logits: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[N] the target token's probability under FlashHead less under the dense head (llama.cpp's Δp)."""
+    t = targets[:, None]
+    return (logits.float().softmax(-1).gather(1, t) - dense_logits.float().softmax(-1).gather(1, t)).squeeze(1)
+
+
+def distribution_stats(kld: torch.Tensor, dp: torch.Tensor) -> dict:
+    """llama-perplexity's KL-divergence summary of per-position KLD and Δp [N]: mean, median,
+    99th and 99.9th percentile and maximum KLD; Δp mean, RMS and 1st/5th/50th/95th/99th percentiles."""
+    kld, dp = kld.double(), dp.double()
+
+    def q(x, p):
+        return float(torch.quantile(x, p))
+    return {"kld_mean": float(kld.mean()), "kld_median": q(kld, 0.5), "kld_p99": q(kld, 0.99),
+            "kld_p999": q(kld, 0.999), "kld_max": float(kld.max()),
+            "delta_p_mean": float(dp.mean()), "delta_p_rms": float(dp.pow(2).mean().sqrt()),
+            **{f"delta_p_p{k}": q(dp, k / 100) for k in (1, 5, 50, 95, 99)}}
+
+
 def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """[N] negative log-likelihood of the target tokens (perplexity = exp(mean))."""
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")

@@ -116,9 +116,10 @@ class Q8Rows:
             return i8_scores(stage1.q, stage1.scale, h, self.threads)
         return None
 
-    def fused(self, step, h: torch.Tensor, greedy: bool):
+    def fused(self, step, h: torch.Tensor, greedy: bool, context: torch.Tensor | None = None):
         """With int8 centroids, the whole step in one native call (q8_0.c fh_q8_step): stage 1,
-        top-P, stage 2 with llama.cpp's products, and with `greedy` the greedy token."""
+        top-P (the context's clusters first: step.rank), stage 2 with llama.cpp's products, and
+        with `greedy` the greedy token."""
         st = step.stage1
         if st.bits != 8 or step.hidden % QK:
             return None
@@ -136,11 +137,15 @@ class Q8Rows:
         slots = step.block_ids.reshape(-1)                                  # [K*cs] tokens by slot
         exact_rows = self._positions(step.exact_ids)
         out = torch.empty(n, dtype=torch.int64) if greedy else None
+        e = step.context_probes if context is not None else 0
+        ctx = context.to(torch.uint8).contiguous() if e else None
+        ranked = step.buffer("q8_ranked", (n, k), torch.float32) if e else None
         library().fh_q8_step(
             st.q.data_ptr(), st.scale.data_ptr(), k, p, self.blocks.data_ptr(), self.blocks.shape[1], cs,
             None if self.row_of is not None else slots.data_ptr(), exact_rows.data_ptr(), f, h.data_ptr(), n,
             step.hidden, scores.data_ptr(), top.data_ptr(), z.data_ptr(), scratch.data_ptr(), rows.data_ptr(),
-            self.threads, slots.data_ptr(), step.exact_ids.data_ptr(), None if out is None else out.data_ptr())
+            self.threads, slots.data_ptr(), step.exact_ids.data_ptr(), None if out is None else out.data_ptr(),
+            None if ctx is None else ctx.data_ptr(), e, None if ranked is None else ranked.data_ptr())
         if greedy:
             return out
         tok = torch.cat([step.block_ids[top].flatten(1), step.exact_ids.expand(n, -1)], 1)

@@ -55,9 +55,9 @@ class HeadRows(Protocol):
     def scores(self, stage1, h: torch.Tensor) -> torch.Tensor | None:
         """Stage-1 scores [N, K] in this storage's own arithmetic, or None (the kernel's)."""
 
-    def fused(self, step, h: torch.Tensor, greedy: bool):
+    def fused(self, step, h: torch.Tensor, greedy: bool, context: torch.Tensor | None = None):
         """The whole step in one native call (probe's output, or with `greedy` the tokens [N]), or
-        None where this storage has none for the step."""
+        None where this storage has none for the step; `context` [N, K] bool: step.rank."""
 
 
 def as_rows(weight) -> HeadRows:
@@ -117,7 +117,7 @@ class TensorRows:
     def scores(self, stage1, h):
         return None
 
-    def fused(self, step, h, greedy):
+    def fused(self, step, h, greedy, context=None):
         return None
 
 

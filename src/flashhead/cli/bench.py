@@ -24,6 +24,9 @@ def add_arguments(p):
                    help="batch sizes (default 1,4,16,64; llamacpp: sequences decoded together, default 1)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--context-probes", type=int, default=None,
+                   help="of the probes, the most that go to each sequence's own clusters in decode "
+                        "(default: the model's; 0: off)")
     p.add_argument("--probes", type=int_list, default=None,
                    help="probe count (default: the model's); llamacpp: a list, e.g. 512,1312")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per head measurement (default %(default)s)")
@@ -90,12 +93,12 @@ def run(args):
         result = bench(args.model_dir, [1], args.device, args.dtype, args.probes, args.new_tokens, 1,
                        args.decode_repeats, backend="llamacpp", gguf=args.gguf, exact=args.exact,
                        decode_batches=args.batch, arrange=not args.in_place, threads=args.threads,
-                       prompt=prompt, audit=args.audit)
+                       prompt=prompt, audit=args.audit, context_probes=args.context_probes)
     else:
         result = bench(args.model_dir, args.batch, args.device, args.dtype, args.probes, args.new_tokens,
                        args.repeats, args.decode_repeats, build=not args.no_build, decode=not args.no_decode,
                        exact=args.exact, decode_batches=args.decode_batch or ([1, 2] if args.smoke else [1]),
-                       threads=args.threads, prompt=prompt, audit=args.audit)
+                       threads=args.threads, prompt=prompt, audit=args.audit, context_probes=args.context_probes)
     if "decode" in result:
         result["prompt_domain"] = args.domain
     if args.plot and "head" in result:

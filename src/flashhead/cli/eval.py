@@ -11,10 +11,15 @@ EPILOG = """examples:
   flashhead eval models/gemma-3-270m-flashhead --suite --json --plot domains.png
   flashhead eval models/smollm2-flashhead --domain german --domain code --probes 128,256,512
   flashhead eval models/gemma-3-270m-flashhead --text my_notes.txt --target-agreement 0.995 --write-default
+  flashhead eval models/gemma-3-270m-flashhead --languages --context-probes 0,192 --json
 
 Without --text, the text is the suite: the eval documents of every domain (prose, docs, code, legal,
 german, russian, chat; src/flashhead/corpus.py), the worst domain the build never saw reported.
-With --text, only those files (one text per blank-line separated paragraph).
+With --text, only those files (one text per blank-line separated paragraph). With --languages,
+the languages check: running prose in 15 languages of 6 scripts that no build calibrates on
+(src/flashhead/languages.py), texts of up to 512 tokens, once per context budget of
+--context-probes (0: stage 1 alone picks the probes; E: up to E of them go to the clusters of the
+text so far). Every mode reports KL divergence to the dense head as llama-perplexity does.
 """
 
 
@@ -25,6 +30,11 @@ def add_arguments(p):
     p.add_argument("--domain", action="append", default=[], help="one suite domain (repeatable)")
     p.add_argument("--probes", type=int_list, default=None,
                    help="probe counts, e.g. 64,256,1024 (default: the model's)")
+    p.add_argument("--languages", action="store_true",
+                   help="the languages check (15 languages no build calibrated on)")
+    p.add_argument("--context-probes", type=int_list, default=None,
+                   help="of the probes, the most that go to the text's own clusters (default: the "
+                        "model's); with --languages, budgets to compare, e.g. 0,192")
     p.add_argument("--max-positions", type=int, default=3072, help="teacher-forced positions per text (default %(default)s)")
     p.add_argument("--prompts", type=int, default=4, help="free-running generations compared (default %(default)s)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens per generation (default %(default)s)")
@@ -71,9 +81,19 @@ def run(args):
     texts = corpus.read_files(args.text)
     if args.text and not texts:
         raise FlashHeadError("the --text files hold no text")
+    if args.languages and (args.text or args.suite or args.domain or args.probes or args.target_agreement
+                           or args.backend != "transformers" or args.plot):
+        raise FlashHeadError("--languages runs the languages check alone: leave out --text, --suite, "
+                             "--domain, --probes, --target-agreement, --plot and --backend")
+    if args.context_probes is not None and not args.languages and len(args.context_probes) != 1:
+        raise FlashHeadError("--context-probes takes one budget (several with --languages)")
     if args.backend == "llamacpp":
         return _llamacpp(args)
     model, tok = hf.load(args.model_dir)
+    if args.languages:
+        return _languages(args, model, tok)
+    if args.context_probes is not None:
+        model.lm_head.flashhead.context_probes = args.context_probes[0]
     if not args.text:
         result = evaluate_suite(model, tok, args.domain or None, args.probes, args.max_positions, args.prompts,
                                 args.new_tokens, progress=not args.json)
@@ -103,6 +123,25 @@ def run(args):
         print(f"smallest probes reaching {args.target_agreement}: {result['smallest_probes']}{note}")
 
 
+def _languages(args, model, tok):
+    from ..evaluate import evaluate_languages
+
+    result = evaluate_languages(model, tok, contexts=args.context_probes,
+                                max_positions=min(args.max_positions, 1536), progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return
+    cols = [f"E={e}" for e in result["contexts"]]
+    print(f"probes {result['probes']}; per context budget E: greedy agreement / mean KLD (nats)")
+    print(f"{'language':>10} {'script':>10} {'positions':>9}  " + "  ".join(f"{c:>16}" for c in cols))
+    for lang, r in result["languages"].items():
+        print(f"{lang:>10} {r['script']:>10} {r['positions']:>9}  " + "  ".join(
+            f"{x['top1_agreement']:>9.2%} / {x['kld_mean']:<5.3f}" for x in r["results"]))
+    for e, s in result["summary"].items():
+        print(f"E={e}: worst {s['worst']:.2%}, mean {s['mean']:.2%}; KLD worst {s['kld_worst']:.3f}, "
+              f"mean {s['kld_mean']:.3f}")
+
+
 def _print_suite(result: dict) -> None:
     for d, r in result["domains"].items():
         note = " (in-domain: the build calibrated on it)" if r["in_domain"] else ""
@@ -120,7 +159,8 @@ def _llamacpp(args):
     if args.text or args.target_agreement is not None or args.plot:
         raise FlashHeadError("--backend llamacpp evaluates the suite's domains: leave out --text, "
                              "--target-agreement and --plot")
-    model = load(args.model_dir, "llamacpp", gguf=args.gguf, max_sequences=1)
+    model = load(args.model_dir, "llamacpp", gguf=args.gguf, max_sequences=1,
+                 context_probes=None if args.context_probes is None else args.context_probes[0])
     try:
         result = evaluate_backend(model, args.domain or None, args.probes, args.max_positions,
                                   progress=not args.json)

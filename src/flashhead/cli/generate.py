@@ -25,6 +25,9 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--probes", type=int, default=None, help="clusters probed per step (default: the model's)")
+    p.add_argument("--context-probes", type=int, default=None,
+                   help="of the probes, the most that go to the clusters of each sequence's own tokens "
+                        "(default: the model's; 0: off)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--exact", action="store_true", help="verified decoding: FlashHead proposes, the dense "
                       "head checks several positions at once; output = the dense head's (greedy), exact "
@@ -57,6 +60,7 @@ def run(args):
     mode = "dense" if args.dense else "exact" if args.exact else "fast"
     n = len(args.prompt)
     model = load(args.model_dir, args.backend, gguf=args.gguf, probes=args.probes, dense=args.dense,
+                 context_probes=args.context_probes,
                  max_sequences=n, n_ctx=args.max_new_tokens + 512)
     try:
         res = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,

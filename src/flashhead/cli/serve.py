@@ -43,6 +43,9 @@ def add_arguments(p):
                    help="requests waiting for a sequence before new ones get 503 (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: the cores torch uses)")
     p.add_argument("--probes", type=int, default=None, help="clusters probed per step (default: the model's)")
+    p.add_argument("--context-probes", type=int, default=None,
+                   help="of the probes, the most that go to the clusters of each sequence's own tokens "
+                        "(default: the model's; 0: off)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--exact", action="store_true", help="verified decoding by default (a request's "
                       "`exact` field overrides it)")
@@ -71,6 +74,7 @@ def run(args):
         raise FlashHeadError("need 0 <= --port < 65536")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model = load(args.model_dir, args.backend, gguf=args.gguf, probes=args.probes, dense=args.dense,
+                 context_probes=args.context_probes,
                  max_sequences=args.max_sequences, n_ctx=args.n_ctx, threads=args.threads)
     name = args.served_model_name or Path(args.model_dir).resolve().name
     b = model.backend

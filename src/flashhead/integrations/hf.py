@@ -54,6 +54,9 @@ class FlashHeadLMHead(torch.nn.Module):
         self._index, self._probes, self._arrange = index, probes, arrange
         self._build()
         self.use_flashhead = True
+        self._held = None       # [B, K] bool: each row's context after the last call (context.py)
+        self._calls = None      # [B, K] int32: where the current call's contexts gain each cluster
+        self._length = 0        # the current call's positions T
 
     def _build(self) -> None:
         self.flashhead = FlashHead(self.weight.detach(), self._index, self._probes,  # detach(): shares storage
@@ -81,10 +84,36 @@ class FlashHeadLMHead(torch.nn.Module):
         # be a host sync per step; there NaN propagates into NaN logits instead.
         if hidden.device.type == "cpu" and not torch.isfinite(hidden).all():
             raise FlashHeadError("hidden states contain NaN or infinite values")
+        first = self._calls
+        if first is not None and hidden.dim() == 3 and hidden.shape[0] == first.shape[0] \
+                and hidden.shape[1] <= self._length:
+            # the contexts of the positions asked for (generate asks for the last one only)
+            at = torch.arange(self._length - hidden.shape[1], self._length, device=first.device)
+            ctx = first.unsqueeze(1) <= at.view(1, -1, 1)                   # [B, T', K]
+            return self.flashhead(hidden, ctx.reshape(-1, first.shape[-1]))
         return self.flashhead(hidden)
 
-    def extra_repr(self) -> str:
-        return f"use_flashhead={self.use_flashhead}"
+    def see(self, input_ids: torch.Tensor | None, start: bool) -> None:
+        """Called before each model forward (apply's hook): the call's token ids [B, T] and whether
+        they start new sequences (cache position 0) or continue the rows of the last call. Each
+        position's context is its row's tokens up to and including its own (context.py), so a
+        prompt's logits never see a later token. No ids (inputs_embeds) or a batch that changed
+        shape: no context for the call."""
+        fh = self.flashhead
+        if not fh.context_probes or input_ids is None or input_ids.dim() != 2:
+            self._held = self._calls = None
+            return
+        b, t = input_ids.shape
+        if not start and (self._held is None or self._held.shape[0] != b):
+            self._held = self._calls = None            # a batch it did not see start (beams, reorder)
+            return
+        # first[b, k]: the first position of the call holding a token of cluster k (-1: held before)
+        first = torch.full((b, fh.num_clusters), t, dtype=torch.int32, device=input_ids.device)
+        at = torch.arange(t, dtype=torch.int32, device=input_ids.device).expand(b, t)
+        first.scatter_reduce_(1, fh.assignments[input_ids], at, reduce="amin")
+        if not start:
+            first.masked_fill_(self._held, -1)
+        self._calls, self._length, self._held = first, t, first < t
 
 
 def apply(model, index: ClusterIndex, probes: int | None = None, arrange: bool | None = None) -> FlashHeadLMHead:
@@ -97,7 +126,24 @@ def apply(model, index: ClusterIndex, probes: int | None = None, arrange: bool |
         raise FlashHeadError(f"{type(model).__name__}: output head is {type(head).__name__}, expected nn.Linear")
     new = FlashHeadLMHead(head, index, probes, arrange)
     model.set_output_embeddings(new)
+    model.register_forward_pre_hook(_context_hook, with_kwargs=True)
     return new
+
+
+def _context_hook(model, args, kwargs):
+    """Hands each forward's token ids to the FlashHead head (context-aware probes, context.py)."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, FlashHeadLMHead):
+        return None
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    past = kwargs.get("past_key_values")
+    if past is not None and hasattr(past, "get_seq_length"):
+        start = past.get_seq_length() == 0                      # a Python int: no device sync
+    else:
+        pos = kwargs.get("cache_position")
+        start = past is None if pos is None or pos.device.type != "cpu" else int(pos.reshape(-1)[0]) == 0
+    head.see(ids if isinstance(ids, torch.Tensor) else None, start)
+    return None
 
 
 def load(model_dir, dense: bool = False, probes: int | None = None, dtype=torch.float32,

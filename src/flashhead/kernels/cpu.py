@@ -59,19 +59,19 @@ class CpuKernel:
             return _INT4_MM(h.to(torch.bfloat16), packed, group, scales)[:, : st.num_rows].float()
         return st(h)
 
-    def probe(self, step, h: torch.Tensor):
-        fused = step.rows.fused(step, h, greedy=False)
-        return self._probe(step, h) if fused is None else fused
+    def probe(self, step, h: torch.Tensor, context: torch.Tensor | None = None):
+        fused = step.rows.fused(step, h, False, context)
+        return self._probe(step, h, context) if fused is None else fused
 
-    def greedy(self, step, h: torch.Tensor) -> torch.Tensor:
-        fused = step.rows.fused(step, h, greedy=True)
-        return pick(*self._probe(step, h)[1:]) if fused is None else fused
+    def greedy(self, step, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        fused = step.rows.fused(step, h, True, context)
+        return pick(*self._probe(step, h, context)[1:]) if fused is None else fused
 
-    def logits(self, step, h: torch.Tensor) -> torch.Tensor:
+    def logits(self, step, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         out = torch.empty(h.shape[0], step.vocab)                        # returned: caller owns it
-        return step.fill_logits(h, *self.probe(step, h), out=out)
+        return step.fill_logits(h, *self.probe(step, h, context), out=out)
 
-    def _probe(self, step, h: torch.Tensor):
+    def _probe(self, step, h: torch.Tensor, context: torch.Tensor | None = None):
         """Stage 2 over the union of the positions' probed clusters: each cluster block is read
         once per step however many positions probed it and multiplied by all N hidden states while
         still in the cache (`rows.dot`). Each position then reads its own clusters' logits, so the
@@ -80,7 +80,7 @@ class CpuKernel:
         summation order for every state)."""
         n, cs = h.shape[0], step.cluster_size
         scores = self.stage1(step, h)                                    # [N, K]
-        top = scores.topk(step.probes, dim=1, sorted=False).indices      # [N, P]
+        top = step.rank(scores, context).topk(step.probes, dim=1, sorted=False).indices   # [N, P]
         used = None
         if n == 1:                           # the union is the position's own clusters
             union = top.view(-1).sort().values

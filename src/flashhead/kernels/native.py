@@ -80,7 +80,7 @@ def library() -> ctypes.CDLL:
     lib.fh_i8_scores.argtypes = [ptr, ptr, i64, ptr, i64, i64, ptr, ctypes.c_int32]
     lib.fh_i8_scores.restype = None
     lib.fh_q8_step.argtypes = [ptr, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr, i64, i64,
-                               ptr, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr, ptr, ptr]
+                               ptr, ptr, ptr, ptr, ptr, ctypes.c_int32, ptr, ptr, ptr, ptr, i64, ptr]
     lib.fh_q8_step.restype = None
     for f in (lib.fh_bf16_dot, lib.fh_f32_dot):
         f.argtypes = [ptr, i64, ptr, i64, i64, ptr, i64, i64, ptr, ctypes.c_int32]

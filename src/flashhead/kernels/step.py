@@ -1,7 +1,7 @@
 """The decode step's operands: what every kernel reads, in one object the head owns.
 
     stage 1   scores = stage1(h)                   [N, K]      quant.Stage1 (int8/int4/fp)
-    probe     top = topk(scores, probes)           [N, P]
+    probe     top = topk(rank(scores), probes)     [N, P]      rank: the context's clusters first
     stage 2   z = h . rows[block_rows[top]]        [N, P*cs]   exact, + the always-exact tokens
     greedy    pick(tok, z)                         [N]         no [N, V] tensor
     logits    fill_logits(scores, tok, z)          [N, V]      estimate.unprobed_logits, z scattered
@@ -39,6 +39,7 @@ class Step:
     exact_rows: torch.Tensor              # [F, d] fp32 their rows
     probes: int
     estimate: Stage1 | None = None        # None: the estimate starts from stage 1's scores
+    context_probes: int = 0               # of the P probes, the most that go to the context's clusters
     # a vocabulary shard (shard.py): the rows stage 2 multiplies [K, cs], and [K, cs] -inf on the
     # slots whose token lies on another shard; None for a whole head (rows = token ids, every slot valid)
     shard_rows: torch.Tensor | None = None
@@ -110,10 +111,25 @@ class Step:
                 buf = self.workspace[(name, dtype)] = torch.empty(numel, dtype=dtype, device=self.block_ids.device)
         return buf[:numel].view(shape)
 
-    def probed(self, scores: torch.Tensor):
-        """The clusters a step probes [N, P] (stage 1's best `probes`, unordered) and their token
-        ids [N, P*cs]."""
-        top = scores.topk(self.probes, dim=1, sorted=False).indices
+    def rank(self, scores: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """Stage 1's scores [N, K] as top-P reads them. With a `context` [N, K] bool (each
+        position's sequence: the clusters of the tokens it holds, context.py), the context's
+        `context_probes` best-scored clusters rank above every other: P probes are then those
+        (or fewer, if the context holds fewer) and stage 1's best to fill the rest, so a step
+        still probes P clusters (the same bytes), always including stage 1's best P - E. The
+        estimate keeps the raw scores. No context (or E = 0): the scores as they are."""
+        if context is None or not self.context_probes:
+            return scores
+        e = min(self.context_probes, self.probes)
+        mine = scores.masked_fill(~context, float("-inf")).topk(e, dim=1, sorted=False).indices   # [N, E]
+        lift = scores.amax(1, keepdim=True) + 1.0          # above every score, in the scores' range
+        held = context.gather(1, mine)                     # a context with fewer than E clusters
+        return scores.scatter(1, mine, torch.where(held, lift, scores.gather(1, mine)))
+
+    def probed(self, scores: torch.Tensor, context: torch.Tensor | None = None):
+        """The clusters a step probes [N, P] (the best `probes` by `rank`, unordered) and their
+        token ids [N, P*cs]."""
+        top = self.rank(scores, context).topk(self.probes, dim=1, sorted=False).indices
         return top, self.block_ids[top].flatten(1)
 
     def masked(self, z: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:

@@ -28,10 +28,10 @@ class TritonKernel:
         tuned = st.bits == 8 and h.shape[0] <= 16
         return tk.stage1(h, c, scale, **(tk.TUNED["stage1"] if tuned else {}))
 
-    def _run(self, step, h: torch.Tensor):
+    def _run(self, step, h: torch.Tensor, context=None):
         tk = _tk()
         scores = self.stage1(step, h)                                      # [N, K] fp32
-        top, slot, best = tk.topk(scores, step.probes)  # [N, P], [N, K], [N]
+        top, slot, best = tk.topk(step.rank(scores, context), step.probes)  # [N, P], [N, K], [N]
         launch = tk.TUNED["stage2" if h.shape[0] < 8 else "stage2_batch"]
         z = tk.stage2(h, step.rows.weight, step.block_ids32, top, best, **launch)  # [N, P*cs]
         zx = None
@@ -40,16 +40,16 @@ class TritonKernel:
             best = torch.maximum(best, _packed(zx, step.exact_ids.expand_as(zx)).amax(1))
         return scores, top, slot, best, z, zx
 
-    def probe(self, step, h: torch.Tensor):
-        scores, top, _, _, z, _ = self._run(step, h)
+    def probe(self, step, h: torch.Tensor, context=None):
+        scores, top, _, _, z, _ = self._run(step, h, context)
         return (scores, *step.with_exact(h, step.block_ids[top].flatten(1), z))
 
-    def greedy(self, step, h: torch.Tensor) -> torch.Tensor:
-        best = self._run(step, h)[3]
+    def greedy(self, step, h: torch.Tensor, context=None) -> torch.Tensor:
+        best = self._run(step, h, context)[3]
         return best & 0xFFFFFFFF                                           # token id: low 32 bits
 
-    def logits(self, step, h: torch.Tensor) -> torch.Tensor:
-        scores, _, slot, _, z, zx = self._run(step, h)
+    def logits(self, step, h: torch.Tensor, context=None) -> torch.Tensor:
+        scores, _, slot, _, z, zx = self._run(step, h, context)
         best = z.amax(1) if zx is None else torch.maximum(z.amax(1), zx.amax(1))   # [N] best exact logit
         cap = torch.nextafter(best, torch.full_like(best, float("-inf")))  # estimates stay below it
         out = _tk().logits(step.cluster_logits(h, scores), step.offsets, cap, slot, z, step.assignments32,

@@ -13,7 +13,8 @@ sequence (one backend call for all of them) and lets the head pick:
 
     dense   (an engine without a FlashHead) the backend's own dense head (llama.cpp's full graph)
     fast    FlashHead picks every token (greedy without a [B, V] tensor; sampling and logprobs
-            from its full-vocabulary logits)
+            from its full-vocabulary logits); with the head's `context_probes`, each sequence's
+            probes include the clusters of the tokens it holds (context.py), its own set
     exact   verified decoding: FlashHead proposes up to K tokens while the body runs as usual and
             writes the cache; when a sequence's K proposals are in (or it proposed an end token),
             the dense head scores their hidden states, with those of every other sequence ready in
@@ -40,6 +41,7 @@ import torch
 
 from ..backends import Entry
 from ..config import FlashHeadError
+from ..context import Context
 from ..sampling import Sampler, check
 from .speculative import DraftLength, accept_greedy, accept_sampled
 
@@ -85,6 +87,7 @@ class Seq:
     ys: list = field(default_factory=list)
     qs: list = field(default_factory=list)
     since_audit: int = 0
+    ctx: torch.Tensor | None = None  # [K] bool: the clusters of the tokens it holds (context.py)
 
     @property
     def done(self) -> bool:
@@ -110,6 +113,8 @@ class Engine:
             raise FlashHeadError("need draft >= 1 and audit >= 0")
         self.backend, self.head, self.most_draft, self.audit = backend, head, draft, audit
         self.dense = head is None
+        # context-aware probes: each sequence's clusters, passed with its hidden state (context.py)
+        self._context = None if self.dense or not head.context_probes else Context(head.assignments, head.num_clusters)
         self.seqs: list[Seq] = []            # live, in the order they joined
         self._new: list[Seq] = []            # added, not prefilled yet
         self._free = list(range(backend.max_sequences))
@@ -150,6 +155,8 @@ class Engine:
         ends = (set() if req.ignore_end else set(self.backend.end_tokens())) | set(req.stop_tokens)
         s = Seq(req, self._free.pop(0), Sampler(req.temperature, req.top_p, req.top_k, req.seed), ends,
                 draft=DraftLength(self.most_draft) if req.exact else None)
+        if self._context is not None:
+            s.ctx = self._context.of(req.ids)
         self.seqs.append(s)
         self._new.append(s)
         return s
@@ -230,12 +237,12 @@ class Engine:
         tokens, top1 = [0] * len(seqs), [0] * len(seqs)
         if plain:
             x = out[plain] if rest else out
-            got = (x.argmax(-1) if self.dense else self.head.greedy(x)).tolist()   # no [B, V] tensor
+            got = (x.argmax(-1) if self.dense else self.head.greedy(x, self._ctx(seqs, plain))).tolist()
             for i, t in zip(plain, got):
                 tokens[i] = top1[i] = t
         if rest:
             x = out[rest] if plain else out
-            logits = x if self.dense else self.head(x)
+            logits = x if self.dense else self.head(x, self._ctx(seqs, rest))
             best = logits.argmax(-1).tolist()
             for j, i in enumerate(rest):
                 tokens[i], top1[i] = int(seqs[i].sampler(logits[j:j + 1])[0]), best[j]
@@ -247,6 +254,10 @@ class Engine:
                 self._keep(s, [tokens[i]], None)
             s.feed = tokens[i]
         self.stats["dense_tokens" if self.dense else "flash_tokens"] += len(seqs)
+
+    def _ctx(self, seqs: list[Seq], rows: list[int]) -> torch.Tensor | None:
+        """The contexts [len(rows), K] of seqs[rows] (None: context-aware probes off)."""
+        return None if self._context is None else torch.stack([seqs[i].ctx for i in rows])
 
     def _audit(self, seqs: list[Seq], h: torch.Tensor, top1: list[int]) -> None:
         """The dense head's top-1 for the sequences due an audit, against FlashHead's."""
@@ -277,6 +288,8 @@ class Engine:
                 s.finish = "length"
             if s.done:
                 break
+        if s.ctx is not None and n:
+            self._context.add(s.ctx, tokens[:n])
         if s.request.logprobs and n:
             lp = logits[:n].float().log_softmax(-1)
             s.logprobs += lp.gather(1, torch.tensor(tokens[:n])[:, None]).squeeze(1).tolist()
@@ -294,12 +307,13 @@ class Engine:
         greedy = [i for i, s in enumerate(seqs) if s.sampler.greedy]
         ys = [0] * len(seqs)
         if greedy:
-            got = self.head.flash_greedy(H[greedy] if len(greedy) < len(seqs) else H).tolist()
+            got = self.head.flash_greedy(H[greedy] if len(greedy) < len(seqs) else H,
+                                         self._ctx(seqs, greedy)).tolist()
             for i, y in zip(greedy, got):
                 ys[i] = y
         drawn = [i for i, s in enumerate(seqs) if not s.sampler.greedy]
         if drawn:
-            logits = self.head.flash_logits(H[drawn] if greedy else H)
+            logits = self.head.flash_logits(H[drawn] if greedy else H, self._ctx(seqs, drawn))
             for j, i in enumerate(drawn):
                 q = seqs[i].sampler.warp(logits[j:j + 1])
                 ys[i] = int(seqs[i].sampler.draw(q)[0])

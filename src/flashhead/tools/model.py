@@ -43,11 +43,20 @@ class Model:
 
 def load(model_dir, backend: str = "auto", gguf=None, probes: int | None = None, arrange: bool = True,
          n_ctx: int = 2048, threads: int | None = None, max_sequences: int = 8, dense: bool = False,
-         dtype=torch.float32) -> Model:
+         dtype=torch.float32, context_probes: int | None = None) -> Model:
     """Open a FlashHead model directory on a backend. `dense=True`: the dense head only (no assets
     needed). `arrange`: keep the head's rows in cluster order (stage 2 about 2x faster, one more
     copy of the head's bytes); False reads them in place. `n_ctx`: positions each sequence may
-    hold (llama.cpp sizes its cache from it); `max_sequences`: sequences decoded together."""
+    hold (llama.cpp sizes its cache from it); `max_sequences`: sequences decoded together.
+    `context_probes`: of the probes, the most that go to a sequence's own clusters (context.py;
+    None: the model's default, 0: off)."""
+    model = _load(model_dir, backend, gguf, probes, arrange, n_ctx, threads, max_sequences, dense, dtype)
+    if context_probes is not None and model.head is not None:
+        model.head.context_probes = context_probes
+    return model
+
+
+def _load(model_dir, backend, gguf, probes, arrange, n_ctx, threads, max_sequences, dense, dtype) -> Model:
     from ..head import FlashHead
     from ..layout import load_assets
 

@@ -1,0 +1,82 @@
+"""Context-aware probes (context.py, kernels/step.py `rank`) on synthetic heads: what the probed set
+is, in every kernel, against the stage-1 scores it comes from (fast, no model needed)."""
+import pytest
+import torch
+
+from flashhead import FlashHeadError
+from flashhead.context import Context, running
+from flashhead.kernels import Kernel
+
+from test_head import _head
+
+
+def _clusters(head, tok):
+    """The set of clusters behind each row's probed token ids [N, P*cs]."""
+    return [set(head.assignments[t].tolist()) for t in tok[:, : head.probes * head.cluster_size]]
+
+
+@pytest.mark.parametrize("kernel", [Kernel.TORCH, Kernel.CPU])
+def test_context_takes_at_most_e_probes_and_keeps_stage_ones_best(kernel):
+    w, head = _head(v=4000, probes=12)
+    head.kernel = kernel
+    head.context_probes = 5
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(6, 48, generator=g)
+    ctx = torch.rand(6, head.num_clusters, generator=g) < 0.3
+    ctx[0] = False                                       # a sequence with an empty context
+    ctx[1] = False
+    ctx[1, :2] = True                                    # ... and one with fewer than E clusters
+    scores, tok, z = head.probe(h, ctx)
+    plain = head.probe(h)[1]
+    order = scores.argsort(1, descending=True)
+    for i, (got, base) in enumerate(zip(_clusters(head, tok), _clusters(head, plain))):
+        assert len(got) == head.probes                   # never fewer (nor more) than P clusters
+        assert set(order[i, : head.probes - 5].tolist()) <= got      # stage 1's best P - E kept
+        mine = ctx[i].nonzero().squeeze(1)
+        best_ctx = mine[scores[i, mine].argsort(descending=True)][:5].tolist()
+        assert set(best_ctx) <= got                      # the context's best E probed
+        if i == 0:
+            assert got == base                           # no context: stage 1's P
+    torch.testing.assert_close(z, (h @ w.T).gather(1, tok), rtol=1e-5, atol=1e-4)
+    logits = head(h, ctx)
+    assert torch.equal(logits.argmax(1), head.greedy(h, ctx))
+    torch.testing.assert_close(logits.gather(1, tok), z)
+
+
+def test_context_changes_nothing_with_every_cluster_probed_or_none_reserved():
+    w, head = _head(v=2000, probes=4)
+    h = torch.randn(5, 48)
+    ctx = torch.rand(5, head.num_clusters) < 0.5
+    head.context_probes = 0
+    assert torch.equal(head.greedy(h, ctx), head.greedy(h))
+    torch.testing.assert_close(head(h, ctx), head(h))
+    head.probes, head.context_probes = head.num_clusters, 3
+    torch.testing.assert_close(head(h, ctx), h @ w.T, rtol=1e-5, atol=1e-4)
+    assert torch.equal(head.greedy(h, ctx), (h @ w.T).argmax(1))
+
+
+def test_context_masks_follow_the_tokens():
+    _, head = _head(v=2000, probes=4)
+    c = Context(head.assignments, head.num_clusters)
+    m = c.of([5, 7])
+    assert set(m.nonzero().squeeze(1).tolist()) == {int(head.assignments[5]), int(head.assignments[7])}
+    c.add(m, [1999])
+    assert bool(m[head.assignments[1999]])
+    # teacher-forced: each position's context is its text so far, its own token included
+    x = torch.tensor([3, 9, 11, 4, 5])
+    first = torch.tensor([True, False, False, True, False])
+    r = running(head.assignments, head.num_clusters, x, first)
+    for i, holds in enumerate([[3], [3, 9], [3, 9, 11], [4], [4, 5]]):
+        assert set(r[i].nonzero().squeeze(1).tolist()) == {int(head.assignments[t]) for t in holds}
+    # a chunk that continues a text carries the context before it
+    r2 = running(head.assignments, head.num_clusters, x[1:3], first[1:3], carry=r[0])
+    assert torch.equal(r2, r[1:3])
+
+
+def test_bad_context_is_a_clear_error():
+    _, head = _head(v=2000, probes=4)
+    head.context_probes = 2
+    with pytest.raises(FlashHeadError, match="context"):
+        head.greedy(torch.randn(3, 48), torch.zeros(2, head.num_clusters, dtype=torch.bool))
+    with pytest.raises(FlashHeadError, match="context_probes"):
+        head.context_probes = -1
