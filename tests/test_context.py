@@ -80,3 +80,18 @@ def test_bad_context_is_a_clear_error():
         head.greedy(torch.randn(3, 48), torch.zeros(2, head.num_clusters, dtype=torch.bool))
     with pytest.raises(FlashHeadError, match="context_probes"):
         head.context_probes = -1
+
+
+def test_default_context_budget_follows_the_probes():
+    """No count chosen: E is the default share of P at every P (a lower P keeps most probes for
+    stage 1, the regression where P = 16 kept the E of P = 287 and probed the context alone);
+    a chosen count stays."""
+    from flashhead.context import default_for
+    _, head = _head(v=4000, probes=40)
+    assert head.context_probes == default_for(40) == 5
+    with head.flashhead_only(probes=16):
+        assert head.context_probes == default_for(16) == 2
+    assert head.context_probes == 5
+    head.context_probes = 7
+    head.probes = 16
+    assert head.context_probes == 7

@@ -46,7 +46,8 @@ class FlashHead(torch.nn.Module):
         [K, d] of the whole head.
 
         `context_probes`: of the P probes, the most that go to a sequence's own clusters when a
-        call passes its context (context.py); None: the assets' value, else context.default_for(P).
+        call passes its context (context.py); None: the assets' value, else context.default_for(P),
+        which then follows P when `probes` changes.
 
         `arrange`: keep a copy of the head's rows in cluster order for the CPU kernel's stage 2
         (taken here: a weight changed in place later is not seen by it); None = a whole head held
@@ -90,6 +91,7 @@ class FlashHead(torch.nn.Module):
         if context_probes is None:
             context_probes = index.config.context_probes
         self.context_probes = default_for(self.probes) if context_probes is None else context_probes
+        self._context_follows = context_probes is None   # the default E follows P (probes' setter)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)       # buffers moved or cast: the step refers to the new ones
@@ -127,6 +129,8 @@ class FlashHead(torch.nn.Module):
         self._probes = p
         if hasattr(self, "step"):
             self.step.probes = p
+            if self._context_follows:     # no count was chosen: E stays the default share of P
+                self.step.context_probes = default_for(p)
 
     @property
     def context_probes(self) -> int:
@@ -139,6 +143,7 @@ class FlashHead(torch.nn.Module):
         if not isinstance(e, int) or not 0 <= e <= self.num_clusters:
             raise FlashHeadError(f"context_probes must be an integer in [0, {self.num_clusters}], got {e!r}")
         self.step.context_probes = e
+        self._context_follows = False
 
     @property
     def stats(self) -> dict:
