@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from flashhead.tools.doc_tables import into
+
 MARK = ("<!-- languages table: start -->", "<!-- languages table: end -->")
 SUITE_MARK = ("<!-- suite context table: start -->", "<!-- suite context table: end -->")
 
@@ -48,13 +50,6 @@ def render_suite(pairs: dict) -> str:
     return "\n".join(lines)
 
 
-def _into(path: str, mark: tuple, table: str) -> None:
-    doc = Path(path).read_text()
-    head, rest = doc.split(mark[0])
-    _, tail = rest.split(mark[1])
-    Path(path).write_text(f"{head}{mark[0]}\n{table}\n{mark[1]}{tail}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", nargs="?", help="the output of flashhead eval DIR --languages --json")
@@ -74,7 +69,7 @@ def main() -> None:
     else:
         ap.error("give a languages JSON or --suite")
     if args.into:
-        _into(args.into, mark, table)
+        into(args.into, mark, table)
     else:
         print(table)
 

@@ -35,6 +35,17 @@ for m in $MODELS; do
     flashhead eval "$dir" --suite --prompts 0 --max-positions $n --json > "$RAW/suite-context-$m.json"
     [ "$m" != gemma-3-270m ] || flashhead eval "$dir" --languages --context-probes 0,$e --max-positions 1024 --json \
       > "$RAW/languages-$m.json"; }
+  # beside llama.cpp's own quantizations of the same GGUF (SmolLM2: Gemma's package ships its
+  # Q4_K_M only), the default build and one that never saw licences
+  if [ "$m" = smollm2-135m ] && [ -z "${SKIP_EVAL:-}" ]; then
+    flashhead eval "$dir" --backend llamacpp --quantizations q8_0,q4_k_m --json > "$RAW/quant-$m.json"
+    left="$WORK/$m-flashhead-nolegal"
+    [ -f "$left/flash_head_assets/flashhead.json" ] || flashhead build "$m" -o "$left" \
+      --calibrate-on prose docs code german russian chat spanish italian self
+    flashhead eval "$left" --backend llamacpp --domain legal --quantizations q8_0,q4_k_m --json \
+      > "$RAW/quant-$m-legal-left-out.json"
+    python benchmarks/quantizations.py "$RAW/quant-$m.json" "$RAW/quant-$m-legal-left-out.json" --into docs/FIDELITY.md
+  fi
   python benchmarks/dense_check.py "$m" --json "$RAW/dense-check-$m.json"
   python benchmarks/llamacpp_settings.py "$m" --json "$RAW/llamacpp-settings-$m.json"
   if [ "$m" = gemma-3-270m ]; then

@@ -25,6 +25,7 @@ def test_generate_json(smollm2_flashhead_dir, capsys):
     (["generate", "{dir}", "--prompt", "x", "--context-probes", "-1"], "context_probes must be an integer"),
     (["eval", "{dir}", "--languages", "--domain", "code"], "--languages runs the languages check alone"),
     (["eval", "{dir}", "--context-probes", "0,36"], "--context-probes takes one budget"),
+    (["eval", "{dir}", "--quantizations", "q8_0"], "add --backend llamacpp"),
     (["serve", "{dir}", "--max-sequences", "0"], "need --max-sequences >= 1"),
     (["serve", "{hf}"], "not a FlashHead model directory"),
     (["build", "no-such-model", "-o", "{tmp}/out"], "unknown model 'no-such-model'"),

@@ -190,3 +190,40 @@ def test_cli_generate_and_bench(smollm2_flashhead_dir):
                            capture_output=True, text=True, check=True)
     r = json.loads(exact.stdout)["decode"][0]
     assert r["exact_identical_to_dense"] and r["exact_tok_s"] > 0 and 0 < r["acceptance"] <= 1
+
+
+def test_quantizations_beside_flashhead_in_the_same_units(model):
+    """eval's --quantizations: llama.cpp's quantizer makes Q8_0 and Q4_K_M of the GGUF, measured on
+    the same positions as FlashHead. Checked against a direct computation from llama.cpp's own
+    logits of both files (its whole graph, decode(logits=True)) rather than the dequantized rows
+    eval reads: the same figures within the rows' rounding (measured: KLD means within 2% of each
+    other). Q8_0 costs less than Q4_K_M, as it must."""
+    from flashhead import corpus, metrics
+    from flashhead.backends.llamacpp_quantize import parse, quantize
+    from flashhead.evaluate import backend_tokens, positions, quantization_rows
+
+    backend = model.backend
+    lists = backend_tokens(backend, corpus.load("eval", "docs"), 128)
+    H, targets = positions([backend.hidden_states(ids)[:-1] for ids in lists],
+                           [torch.tensor(i) for i in lists], 128)
+    rows = quantization_rows(backend, lists, H, targets, parse("Q8_0,q4_k_m"))
+    assert [r["quantization"] for r in rows] == ["Q8_0", "Q4_K_M"] and H.shape[0] == 128
+    assert 0 < rows[0]["kld_mean"] < rows[1]["kld_mean"]
+    assert rows[0]["top1_agreement"] > rows[1]["top1_agreement"]
+
+    def llama_logits(b):
+        out = []
+        for ids in lists:
+            b.reset()
+            out.append(b.decode([Entry(t, p, 0, True) for p, t in enumerate(ids)], logits=True)[:-1].clone())
+        return torch.cat(out)
+    ref = llama_logits(backend)
+    for kind, row in zip(["q8_0", "q4_k_m"], rows):
+        q = LlamaCppBackend(quantize(backend.path, kind), n_ctx=backend.n_ctx, max_sequences=1)
+        try:
+            direct = float(metrics.kl_divergence(ref, llama_logits(q)).double().mean())
+        finally:
+            q.close()
+        assert direct == pytest.approx(row["kld_mean"], rel=0.05), kind
+    with pytest.raises(FlashHeadError, match="unknown quantization q9"):
+        parse("q8_0,q9")

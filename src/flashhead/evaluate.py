@@ -175,31 +175,71 @@ def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: l
     return out
 
 
-def backend_hidden(backend, texts: list[str], max_positions: int, inputs: bool = False):
-    """Teacher-forced hidden states [N, d] and next tokens [N] from a Backend, text by text (each
-    within the backend's context); `inputs`: hidden.positions."""
-    hs, ids_, n = [], [], 0
+def backend_tokens(backend, texts: list[str], max_positions: int) -> list[list[int]]:
+    """The token ids a backend scores teacher-forced: text by text, each within the backend's
+    context, max_positions positions (a position: a token and the one after it) in all."""
+    out, n = [], 0
     for text in texts:
-        ids = backend.tokenize(text)[: backend.n_ctx]
+        ids = backend.tokenize(text)[: backend.n_ctx][: max_positions - n + 1]
         if len(ids) < 2:
             continue
-        h = backend.hidden_states(ids)[:-1]
-        hs.append(h[: max_positions - n])
-        ids_.append(torch.tensor(ids[:len(hs[-1]) + 1]))
-        n += hs[-1].shape[0]
+        out.append(ids)
+        n += len(ids) - 1
         if n >= max_positions:
             break
-    if not hs:
+    if not out:
         raise FlashHeadError("no text with two or more tokens")
-    return positions(hs, ids_, max_positions, inputs)
+    return out
+
+
+def backend_hidden(backend, texts: list[str], max_positions: int, inputs: bool = False):
+    """Teacher-forced hidden states [N, d] and next tokens [N] from a Backend over
+    backend_tokens' ids; `inputs`: hidden.positions."""
+    lists = backend_tokens(backend, texts, max_positions)
+    return positions([backend.hidden_states(ids)[:-1] for ids in lists], [torch.tensor(i) for i in lists],
+                     max_positions, inputs)
+
+
+def quantization_rows(backend, lists: list[list[int]], H: torch.Tensor, targets: torch.Tensor, kinds: list[str],
+                      chunk: int = 64) -> list[dict]:
+    """llama.cpp's own quantizations of the backend's GGUF (backends/llamacpp_quantize.py) against
+    the backend's dense head, teacher-forced on the token ids `lists`: the same metrics as
+    evaluate_hidden's (KL divergence, Δp, same-top-1, perplexity), each kind's own head (its
+    rows dequantized) on its own hidden states."""
+    from .backends.llamacpp import LlamaCppBackend
+    from .backends.llamacpp_quantize import quantize
+
+    rows = []
+    for kind in kinds:
+        path = quantize(backend.path, kind, backend.threads)
+        q = LlamaCppBackend(path, n_ctx=backend.n_ctx, threads=backend.threads, max_sequences=1)
+        try:
+            Hq = torch.cat([q.hidden_states(ids)[:-1] for ids in lists])
+            kld, dp, agree, nll_d, nll_q = [], [], 0, 0.0, 0.0
+            for s in range(0, H.shape[0], chunk):
+                d, x, t = backend.dense_logits(H[s:s + chunk]), q.dense_logits(Hq[s:s + chunk]), targets[s:s + chunk]
+                kld.append(metrics.kl_divergence(d, x))
+                dp.append(metrics.delta_p(d, x, t))
+                agree += int((d.argmax(1) == x.argmax(1)).sum())
+                nll_d += float(metrics.nll(d, t).sum())
+                nll_q += float(metrics.nll(x, t).sum())
+        finally:
+            q.close()
+        n = H.shape[0]
+        rows.append({"quantization": kind.upper(), "file_bytes": path.stat().st_size, "top1_agreement": agree / n,
+                     "ppl_dense": math.exp(nll_d / n), "ppl_quantized": math.exp(nll_q / n),
+                     **metrics.distribution_stats(torch.cat(kld), torch.cat(dp))})
+    return rows
 
 
 def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] | None = None,
-                     max_positions: int = 3072, progress: bool = False) -> dict:
+                     max_positions: int = 3072, progress: bool = False, quantizations: list[str] | None = None) -> dict:
     """Teacher-forced fidelity per suite domain on any backend (a tools.model.Model): hidden states
     from its body, against its own dense head (llama.cpp: the products llama.cpp computes on the
     GGUF's Q8_0 rows). The chat domain needs the transformers model to answer its questions
-    (chat.py): `flashhead eval` without --backend measures it."""
+    (chat.py): `flashhead eval` without --backend measures it. `quantizations` (llama.cpp only,
+    e.g. ["q8_0", "q4_k_m"]): llama.cpp's own quantizations of the GGUF on the same positions, in
+    the same units, beside FlashHead (quantization_rows)."""
     from . import corpus
 
     backend, head = model.backend, model.head
@@ -211,14 +251,20 @@ def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] 
                                           "--backend)"], "domains": {}}
     if backend.name == "llamacpp":
         out["gguf"] = str(backend.path)
+    elif quantizations:
+        raise FlashHeadError("llama.cpp's quantizations are measured on the llama.cpp backend (--backend llamacpp)")
     for d in domains or [d for d in corpus.SUITE if d != "chat"]:
         if d == "chat":
             raise FlashHeadError("the chat domain is measured with `flashhead eval` on transformers only")
         if progress:
             print(f"eval ({backend.name}): {d}", flush=True)
-        H, targets, x, first = backend_hidden(backend, corpus.load("eval", d), max_positions, inputs=True)
+        lists = backend_tokens(backend, corpus.load("eval", d), max_positions)
+        H, targets, x, first = positions([backend.hidden_states(ids)[:-1] for ids in lists],
+                                         [torch.tensor(i) for i in lists], max_positions, inputs=True)
         rows = evaluate_hidden(head, head.weight, H, targets, probes, inputs=(x, first))
         out["domains"][d] = {"positions": int(H.shape[0]), "in_domain": d in seen, "results": rows}
+        if quantizations:
+            out["domains"][d]["quantizations"] = quantization_rows(backend, lists, H, targets, quantizations)
     out["worst"] = worst_domains(out["domains"])
     return out
 

@@ -12,6 +12,7 @@ EPILOG = """examples:
   flashhead eval models/smollm2-flashhead --domain german --domain code --probes 128,256,512
   flashhead eval models/gemma-3-270m-flashhead --text my_notes.txt --target-agreement 0.995 --write-default
   flashhead eval models/gemma-3-270m-flashhead --languages --context-probes 0,192 --json
+  flashhead eval models/smollm2-flashhead --backend llamacpp --quantizations q8_0,q4_k_m
 
 Without --text, the text is the suite: the eval documents of every domain (prose, docs, code, legal,
 german, russian, chat; src/flashhead/corpus.py), the worst domain the build never saw reported.
@@ -19,7 +20,9 @@ With --text, only those files (one text per blank-line separated paragraph). Wit
 the languages check: running prose in 15 languages of 6 scripts that no build calibrates on
 (src/flashhead/languages.py), texts of up to 512 tokens, once per context budget of
 --context-probes (0: stage 1 alone picks the probes; E: up to E of them go to the clusters of the
-text so far). Every mode reports KL divergence to the dense head as llama-perplexity does.
+text so far). Every mode reports KL divergence to the dense head as llama-perplexity does; with
+--backend llamacpp --quantizations, llama.cpp's own quantizations of the same GGUF stand beside
+FlashHead, measured on the same positions.
 """
 
 
@@ -45,6 +48,9 @@ def add_arguments(p):
                         "(the suite's domains except chat)")
     p.add_argument("--gguf", default=None, help="llamacpp: the GGUF file (default: the one the directory "
                    "was built from)")
+    p.add_argument("--quantizations", default=None, metavar="KINDS",
+                   help="llamacpp: also llama.cpp's own quantizations of the GGUF (its quantizer), on the "
+                        "same positions in the same units, e.g. q8_0,q4_k_m")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="write a PNG of agreement and TV vs bytes read")
 
@@ -87,6 +93,8 @@ def run(args):
                              "--domain, --probes, --target-agreement, --plot and --backend")
     if args.context_probes is not None and not args.languages and len(args.context_probes) != 1:
         raise FlashHeadError("--context-probes takes one budget (several with --languages)")
+    if args.quantizations is not None and args.backend != "llamacpp":
+        raise FlashHeadError("--quantizations measures llama.cpp's quantizations: add --backend llamacpp")
     if args.backend == "llamacpp":
         return _llamacpp(args)
     model, tok = hf.load(args.model_dir)
@@ -147,23 +155,29 @@ def _print_suite(result: dict) -> None:
         note = " (in-domain: the build calibrated on it)" if r["in_domain"] else ""
         print(f"\n{d}{note}: {r['positions']} positions")
         _table(r)
+        for x in [*r["results"], *r.get("quantizations", [])]:
+            name = f"llama.cpp {x['quantization']}" if "quantization" in x else f"FlashHead P={x['probes']}"
+            print(f"  {name:>20}: KLD mean {x['kld_mean']:.4f}, p99 {x['kld_p99']:.3f}, p99.9 "
+                  f"{x['kld_p999']:.3f}; same top-1 {x['top1_agreement']:.2%}")
     print("\nworst domain the build never saw:", ", ".join(
         f"{k} {v['value']:.4g} ({v['domain']})" for k, v in result["worst"].items()))
 
 
 def _llamacpp(args):
     from ..config import FlashHeadError
+    from ..backends.llamacpp_quantize import parse
     from ..evaluate import evaluate_backend
     from ..tools.model import load
 
     if args.text or args.target_agreement is not None or args.plot:
         raise FlashHeadError("--backend llamacpp evaluates the suite's domains: leave out --text, "
                              "--target-agreement and --plot")
+    kinds = parse(args.quantizations) if args.quantizations is not None else None
     model = load(args.model_dir, "llamacpp", gguf=args.gguf, max_sequences=1,
                  context_probes=None if args.context_probes is None else args.context_probes[0])
     try:
         result = evaluate_backend(model, args.domain or None, args.probes, args.max_positions,
-                                  progress=not args.json)
+                                  progress=not args.json, quantizations=kinds)
     finally:
         model.close()
     if args.json:

@@ -1,0 +1,12 @@
+"""Write a generated table into a doc between its two marker comments (benchmarks/*.py --into)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def into(path, mark: tuple[str, str], table: str) -> None:
+    """Replace what lies between `mark[0]` and `mark[1]` in the file at `path` with `table`."""
+    doc = Path(path).read_text()
+    head, rest = doc.split(mark[0])
+    _, tail = rest.split(mark[1])
+    Path(path).write_text(f"{head}{mark[0]}\n{table}\n{mark[1]}{tail}")
