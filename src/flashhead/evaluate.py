@@ -195,9 +195,13 @@ def backend_tokens(backend, texts: list[str], max_positions: int) -> list[list[i
 def backend_hidden(backend, texts: list[str], max_positions: int, inputs: bool = False):
     """Teacher-forced hidden states [N, d] and next tokens [N] from a Backend over
     backend_tokens' ids; `inputs`: hidden.positions."""
-    lists = backend_tokens(backend, texts, max_positions)
+    return hidden_of(backend, backend_tokens(backend, texts, max_positions), inputs)
+
+
+def hidden_of(backend, lists: list[list[int]], inputs: bool = False):
+    """hidden.positions over the backend's hidden states of each token list (backend_tokens)."""
     return positions([backend.hidden_states(ids)[:-1] for ids in lists], [torch.tensor(i) for i in lists],
-                     max_positions, inputs)
+                     sum(len(i) - 1 for i in lists), inputs)
 
 
 def quantization_rows(backend, lists: list[list[int]], H: torch.Tensor, targets: torch.Tensor, kinds: list[str],
@@ -209,26 +213,30 @@ def quantization_rows(backend, lists: list[list[int]], H: torch.Tensor, targets:
     from .backends.llamacpp import LlamaCppBackend
     from .backends.llamacpp_quantize import quantize
 
-    rows = []
-    for kind in kinds:
-        path = quantize(backend.path, kind, backend.threads)
+    paths = [quantize(backend.path, kind, backend.threads) for kind in kinds]
+    Hq = []
+    for path in paths:                     # each kind's hidden states, one model open at a time
         q = LlamaCppBackend(path, n_ctx=backend.n_ctx, threads=backend.threads, max_sequences=1)
-        try:
-            Hq = torch.cat([q.hidden_states(ids)[:-1] for ids in lists])
-            kld, dp, agree, nll_d, nll_q = [], [], 0, 0.0, 0.0
-            for s in range(0, H.shape[0], chunk):
-                d, x, t = backend.dense_logits(H[s:s + chunk]), q.dense_logits(Hq[s:s + chunk]), targets[s:s + chunk]
-                kld.append(metrics.kl_divergence(d, x))
-                dp.append(metrics.delta_p(d, x, t))
-                agree += int((d.argmax(1) == x.argmax(1)).sum())
-                nll_d += float(metrics.nll(d, t).sum())
-                nll_q += float(metrics.nll(x, t).sum())
+        try:                               # its rows outlive the backend (a memory map or a copy)
+            Hq.append((torch.cat([q.hidden_states(ids)[:-1] for ids in lists]), q.head_weight()))
         finally:
             q.close()
-        n = H.shape[0]
-        rows.append({"quantization": kind.upper(), "file_bytes": path.stat().st_size, "top1_agreement": agree / n,
-                     "ppl_dense": math.exp(nll_d / n), "ppl_quantized": math.exp(nll_q / n),
-                     **metrics.distribution_stats(torch.cat(kld), torch.cat(dp))})
+    acc = [{"kld": [], "dp": [], "agree": 0, "nll": 0.0} for _ in kinds]
+    nll_d = 0.0
+    for s in range(0, H.shape[0], chunk):
+        d, t = backend.dense_logits(H[s:s + chunk]), targets[s:s + chunk]   # the reference, once per chunk
+        nll_d += float(metrics.nll(d, t).sum())
+        for a, (hq, rows_q) in zip(acc, Hq):
+            x = as_rows(rows_q).dense(hq[s:s + chunk].float())
+            a["kld"].append(metrics.kl_divergence(d, x))
+            a["dp"].append(metrics.delta_p(d, x, t))
+            a["agree"] += int((d.argmax(1) == x.argmax(1)).sum())
+            a["nll"] += float(metrics.nll(x, t).sum())
+    n = H.shape[0]
+    rows = [{"quantization": kind.upper(), "file_bytes": path.stat().st_size, "top1_agreement": a["agree"] / n,
+             "ppl_dense": math.exp(nll_d / n), "ppl_quantized": math.exp(a["nll"] / n),
+             **metrics.distribution_stats(torch.cat(a["kld"]), torch.cat(a["dp"]))}
+            for kind, path, a in zip(kinds, paths, acc)]
     return rows
 
 
@@ -259,8 +267,7 @@ def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] 
         if progress:
             print(f"eval ({backend.name}): {d}", flush=True)
         lists = backend_tokens(backend, corpus.load("eval", d), max_positions)
-        H, targets, x, first = positions([backend.hidden_states(ids)[:-1] for ids in lists],
-                                         [torch.tensor(i) for i in lists], max_positions, inputs=True)
+        H, targets, x, first = hidden_of(backend, lists, inputs=True)
         rows = evaluate_hidden(head, head.weight, H, targets, probes, inputs=(x, first))
         out["domains"][d] = {"positions": int(H.shape[0]), "in_domain": d in seen, "results": rows}
         if quantizations:
