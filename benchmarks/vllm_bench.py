@@ -1,7 +1,7 @@
 """vLLM decode throughput, dense vs FlashHead, in one run (same machine, same settings).
 
     python benchmarks/vllm_bench.py [--model smollm2-135m] [--dir DIR] [--batch 1 8] [--tokens 64]
-                                    [--tp 1 2] [--spec ngram|draft] [--dtype bfloat16]
+                                    [--tp 1 2] [--spec ngram|draft] [--dtype bfloat16] [--audit 64]
 
 Builds (or reuses, --dir) a FlashHead directory, then for each engine and each batch size generates
 --tokens greedy tokens per prompt (ignore_eos) and reports output tokens/s (best of --repeats) as a
@@ -11,6 +11,8 @@ Markdown table. Engines:
   --spec draft the dense target alone, with itself as draft model, with its FlashHead directory as
                draft model (FlashHead as the drafter's head; the text stays the dense target's)
 with the draft acceptance rate where there is a draft.
+  --audit N    adds FlashHead with the context off and FlashHead with the live audit on every N-th
+               call (hf_overrides flash_head_audit), with the share of rows whose top-1 agreed
 """
 import argparse
 import gc
@@ -68,6 +70,7 @@ def main():
     p.add_argument("--tp", type=int, nargs="+", default=[1])
     p.add_argument("--spec", choices=["ngram", "draft"])
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--audit", type=int, default=0, metavar="N")
     a = p.parse_args()
     from flashhead.build import build
     from flashhead.sources import resolve
@@ -88,8 +91,20 @@ def main():
     else:   # FlashHead at TP n is compared with FlashHead at the first TP size
         engines = [(f"{n}, TP {tp}", d, common, tp, j) for tp in a.tp
                    for j, (n, d) in enumerate([("dense", base), ("FlashHead", fh)])]
-    results = [(name, *run(d, a.batch, a.tokens, a.repeats, extra, tp)[:3], ref)
-               for name, d, extra, tp, ref in engines]
+        if a.audit:
+            engines += [("FlashHead, context off", fh, {**common, "hf_overrides": {"flash_head_context_probes": 0}}, 1, 0),
+                        (f"FlashHead + audit 1/{a.audit}", fh, {**common, "hf_overrides": {"flash_head_audit": a.audit}}, 1, 1)]
+            os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"   # collective_rpc(counts): a module function
+    from flashhead.integrations.vllm.logits import counts
+
+    results = []
+    for name, d, extra, tp, ref in engines:
+        rates, texts, acc, answers = run(d, a.batch, a.tokens, a.repeats, extra, tp,
+                                         counts if "audit" in name else None)
+        if answers:
+            c = answers[0]
+            name += f" (top-1 = dense on {c['agreed']}/{c['checked']} rows)"
+        results.append((name, rates, texts, acc, ref))
     print(f"\n{a.model}, dtype {a.dtype}, {a.tokens} greedy tokens per prompt, best of {a.repeats}\n")
     print("| engine | batch | tok/s | vs first row | same tokens as row | draft acceptance |")
     print("|---|---:|---:|---:|---|---:|")

