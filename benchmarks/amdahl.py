@@ -9,7 +9,7 @@ Per model and integration:
                greedy, `--tokens` new tokens, best of the repeats)
     head       the dense head alone (h @ W.T at the integration's dtype) and FlashHead's full-vocabulary
                logits (what both integrations compute per step), cold cache, same hidden states
-               (flashhead.bench.bench_head)
+               (flashhead.tools.bench.bench_head)
     share      head_dense / step_dense
     allowed    step_dense / (step_dense - head_dense + head_flashhead): the model speedup the head's
                speedup allows when nothing else changes
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def hf_rows(model: str, model_dir: str, dtype: str, tokens: int) -> dict:
-    from flashhead.bench import bench
+    from flashhead.tools.bench import bench
 
     r = bench(model_dir, batches=(1,), dtype=dtype, new_tokens=tokens, build=False, repeats=30, decode_repeats=3)
     head = r["head"][0]
@@ -113,7 +113,7 @@ def main():
     a = p.parse_args()
     import torch
 
-    from flashhead.sources import resolve
+    from flashhead.build.sources import resolve
 
     torch.set_num_threads(int(os.environ.get("FLASHHEAD_THREADS", "2")))
     rows = []
@@ -123,7 +123,7 @@ def main():
             if integ.startswith("hf-"):
                 row = hf_rows(model, model_dir, "float32" if integ == "hf-fp32" else "bfloat16", a.tokens)
             else:
-                from flashhead.layout import load_assets
+                from flashhead.core.layout import load_assets
 
                 row = vllm_rows(model, model_dir, str(resolve(model)), a.tokens, load_assets(model_dir).config.probes)
             rows.append(finish(row))

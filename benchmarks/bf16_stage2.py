@@ -20,9 +20,9 @@ def main():
     import torch
 
     from flashhead import FlashHead
-    from flashhead.bench import FLUSH_BYTES, machine, timeit
+    from flashhead.tools.bench import FLUSH_BYTES, machine, timeit
     from flashhead.kernels import native as native_kernels
-    from flashhead.layout import load_assets, read_head_weight
+    from flashhead.core.layout import load_assets, read_head_weight
 
     p = argparse.ArgumentParser()
     p.add_argument("dirs", nargs="+")

@@ -23,14 +23,14 @@ def main():
     from suite_data import load
     from suite_lab import calibration
 
-    from flashhead import calibrate
-    from flashhead.calibrate import Calibration, query_transform, token_weights
-    from flashhead.clustering import balanced_kmeans
-    from flashhead.config import FlashHeadConfig
-    from flashhead.corpus import DOMAINS, SUITE
-    from flashhead.fit import dense_top1_rank
-    from flashhead.head import FlashHead
-    from flashhead.index import ClusterIndex, fingerprint
+    from flashhead.build import calibrate
+    from flashhead.build.calibrate import Calibration, query_transform, token_weights
+    from flashhead.build.clustering import balanced_kmeans
+    from flashhead.core.config import FlashHeadConfig
+    from flashhead.data.corpus import DOMAINS, SUITE
+    from flashhead.build.fit import dense_top1_rank
+    from flashhead.core.head import FlashHead
+    from flashhead.core.index import ClusterIndex, fingerprint
 
     p = argparse.ArgumentParser()
     p.add_argument("model")

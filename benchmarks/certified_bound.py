@@ -39,9 +39,9 @@ def main():
     from suite_lab import fitted
 
     from flashhead import FlashHead
-    from flashhead.calibrate import query_transform, second_moment
-    from flashhead.corpus import DOMAINS
-    from flashhead.metrics import cost
+    from flashhead.build.calibrate import query_transform, second_moment
+    from flashhead.data.corpus import DOMAINS
+    from flashhead.core.metrics import cost
 
     p = argparse.ArgumentParser()
     p.add_argument("model")

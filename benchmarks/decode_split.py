@@ -22,7 +22,7 @@ import torch
 
 
 def main() -> None:
-    from flashhead.bench import machine
+    from flashhead.tools.bench import machine
     from flashhead.integrations.hf import load
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -19,8 +19,8 @@ import torch
 
 from flashhead.backends import Entry
 from flashhead.backends.llamacpp import LlamaCppBackend
-from flashhead.bench import PROMPT
-from flashhead.sources import gguf_of
+from flashhead.tools.bench import PROMPT
+from flashhead.build.sources import gguf_of
 
 
 def median_seconds(fn, repeats: int) -> float:

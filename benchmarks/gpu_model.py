@@ -66,7 +66,7 @@ def calibration_states(model, positions: int, length: int = 256) -> torch.Tensor
 def fit(model, device: str) -> tuple[object, dict]:
     from flashhead import FlashHeadConfig
     from flashhead.build import CALIBRATION_POSITIONS
-    from flashhead.fit import fit_index
+    from flashhead.build.fit import fit_index
 
     t0 = time.perf_counter()
     h = calibration_states(model, CALIBRATION_POSITIONS)
@@ -86,7 +86,7 @@ def decode(model, batch: int, tokens: int, device: str) -> dict:
     captures (mode "graph"), else eager (mode "eager", with the reason)."""
     from transformers import StaticCache
 
-    from flashhead.bench import _sync
+    from flashhead.tools.bench import _sync
 
     cache = StaticCache(config=model.config, max_cache_len=PROMPT + tokens + 8)
     ids = torch.randint(model.config.vocab_size, (batch, PROMPT), device=device,

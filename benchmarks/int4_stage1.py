@@ -7,7 +7,7 @@ same clusters and the probes an int4 build takes at the same bytes cap (fit.budg
 table is half the size, so more probes fit). Times, side by side in one run, cold cache (a 256 MB
 buffer written before each call), real hidden states (held-out text through the model): stage 1
 alone (torch's packed int8 kernel, torch's packed int4 kernel, the dequantizing int4 reference),
-then the dense head and both FlashHead heads' greedy step and full logits (flashhead.bench.bench_head).
+then the dense head and both FlashHead heads' greedy step and full logits (flashhead.tools.bench.bench_head).
 Fidelity of the same two heads on the per-domain suite: `python benchmarks/suite_lab.py MODEL
 --quantization int4` (docs/FIDELITY.md).
 """
@@ -24,13 +24,13 @@ import torch
 
 def main() -> None:
     from flashhead import FlashHead
-    from flashhead.bench import FLUSH_BYTES, DTYPES, _summary, bandwidth, bench_head, machine, timeit
-    from flashhead.corpus import load as corpus
-    from flashhead.fit import budget_probes
-    from flashhead.hidden import teacher_forced
+    from flashhead.tools.bench import FLUSH_BYTES, DTYPES, _summary, bandwidth, bench_head, machine, timeit
+    from flashhead.data.corpus import load as corpus
+    from flashhead.build.fit import budget_probes
+    from flashhead.data.hidden import teacher_forced
     from flashhead.integrations import hf
     from flashhead.kernels.cpu import CPU
-    from flashhead.layout import load_assets
+    from flashhead.core.layout import load_assets
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir")

@@ -5,7 +5,7 @@ on its batch, backends/llamacpp.py), side by side in one process: what those set
 
     python benchmarks/llamacpp_settings.py gemma-3-270m --json docs/bench/llamacpp-settings-gemma-3-270m.json
 
-Greedy, the bench prompt (flashhead.bench.PROMPT), batch 1 and 4, median decode tokens/s of
+Greedy, the bench prompt (flashhead.tools.bench.PROMPT), batch 1 and 4, median decode tokens/s of
 alternating runs. Also reports whether a prompt's greedy tokens alone equal its tokens in a batch
 of 4 different prompts, under each setting.
 """
@@ -17,8 +17,8 @@ import platform
 import statistics
 
 from flashhead.backends.llamacpp import LlamaCppBackend
-from flashhead.bench import PROMPT, domain_prompt
-from flashhead.sources import gguf_of
+from flashhead.tools.bench import PROMPT, domain_prompt
+from flashhead.build.sources import gguf_of
 from flashhead.tools.generate import generate
 
 SETTINGS = {

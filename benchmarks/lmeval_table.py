@@ -1,4 +1,4 @@
-"""Dense head vs FlashHead under lm-evaluation-harness on the offline tasks (flashhead.lmeval_tasks):
+"""Dense head vs FlashHead under lm-evaluation-harness on the offline tasks (flashhead.data.lmeval_tasks):
 the table in docs/FIDELITY.md ("lm-eval").
 
     HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 python benchmarks/lmeval_table.py MODEL_DIR \\
@@ -25,7 +25,7 @@ def main() -> None:
     import lm_eval
 
     import flashhead.integrations.lmeval  # noqa: F401  (registers the model)
-    from flashhead.lmeval_tasks import write
+    from flashhead.data.lmeval_tasks import write
 
     p = argparse.ArgumentParser()
     p.add_argument("model_dir")

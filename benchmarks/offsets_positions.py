@@ -17,9 +17,9 @@ def main():
     from suite_data import load
 
     from flashhead import ClusterIndex, FlashHead
-    from flashhead.calibrate import spread
-    from flashhead.estimate import fit_offsets
-    from flashhead.evaluate import evaluate_hidden
+    from flashhead.build.calibrate import spread
+    from flashhead.core.estimate import fit_offsets
+    from flashhead.tools.evaluate import evaluate_hidden
 
     torch.set_num_threads(2)
     data = load("gemma-3-270m")

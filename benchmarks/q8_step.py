@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from flashhead.head import FlashHead
+from flashhead.core.head import FlashHead
 from flashhead.backends.llamacpp import gguf_head
 from flashhead.kernels import native
-from flashhead.layout import load_assets
-from flashhead.sources import gguf_of
+from flashhead.core.layout import load_assets
+from flashhead.build.sources import gguf_of
 
 
 def timed(fn, repeats: int, flush: torch.Tensor | None) -> float:

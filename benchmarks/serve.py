@@ -30,9 +30,9 @@ from pathlib import Path
 
 import httpx
 
-from flashhead.bench import PROMPT
+from flashhead.tools.bench import PROMPT
 from flashhead.serve.launch import Launched
-from flashhead.sources import gguf_of
+from flashhead.build.sources import gguf_of
 
 PROMPTS = [PROMPT, "The history of the city begins", "In the morning the market was",
            "Write a short story about a robot:", "The three rules of the house were",

@@ -78,7 +78,7 @@ def main():
     from suite_data import load
     from suite_lab import fitted
 
-    from flashhead.corpus import DOMAINS
+    from flashhead.data.corpus import DOMAINS
 
     p = argparse.ArgumentParser()
     p.add_argument("model")

@@ -19,10 +19,10 @@ import argparse
 import torch
 
 from flashhead import FlashHead
-from flashhead.bench import FLUSH_BYTES, _summary, machine, timeit
+from flashhead.tools.bench import FLUSH_BYTES, _summary, machine, timeit
 from flashhead.kernels import native
 from flashhead.kernels.cpu import CPU
-from flashhead.layout import load_assets, read_head_weight
+from flashhead.core.layout import load_assets, read_head_weight
 
 
 def main() -> None:

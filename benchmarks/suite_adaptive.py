@@ -34,7 +34,7 @@ def main():
     from suite_lab import fitted
 
     from flashhead import FlashHead
-    from flashhead.corpus import DOMAINS, SUITE
+    from flashhead.data.corpus import DOMAINS, SUITE
 
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -93,8 +93,8 @@ def outliers(a, data) -> None:
     from suite_lab import calibration, fitted
 
     from flashhead import FlashHead
-    from flashhead.calibrate import query_transform, second_moment
-    from flashhead.corpus import DOMAINS
+    from flashhead.build.calibrate import query_transform, second_moment
+    from flashhead.data.corpus import DOMAINS
 
     w = data["head"]
     for x in a.outliers:

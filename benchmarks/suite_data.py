@@ -18,7 +18,7 @@ import torch
 
 
 def out_path(model: str) -> Path:
-    from flashhead.cache import cache_root
+    from flashhead.core.cache import cache_root
     return cache_root() / "suite" / f"{model}.safetensors"
 
 
@@ -32,9 +32,9 @@ def collect(name: str, a) -> None:
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flashhead import hidden
-    from flashhead.evaluate import suite_texts
-    from flashhead.sources import resolve
+    from flashhead.data import hidden
+    from flashhead.tools.evaluate import suite_texts
+    from flashhead.build.sources import resolve
 
     path = out_path(name)
     out = load_file(str(path)) if path.is_file() else {}
@@ -63,7 +63,7 @@ def collect(name: str, a) -> None:
 
 
 def main():
-    from flashhead.corpus import DOMAINS
+    from flashhead.data.corpus import DOMAINS
 
     p = argparse.ArgumentParser()
     p.add_argument("models", nargs="*", default=["smollm2-135m", "gemma-3-270m"])

@@ -79,8 +79,8 @@ def own_samples(model: str, data: dict, share: int, recipe: Recipe = Recipe()) -
         from safetensors.torch import load_file, save_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from flashhead import hidden
-        from flashhead.sources import resolve
+        from flashhead.data import hidden
+        from flashhead.build.sources import resolve
 
         d = resolve(model)
         lm = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
@@ -121,9 +121,9 @@ def fitted(model: str, data: dict, sources: list[str], recipe: Recipe = Recipe()
     not depend on it) and fits its own probes and offsets (fit.fit_probes), as `flashhead build
     --quantization` would."""
     from flashhead import ClusterIndex, FlashHeadConfig
-    from flashhead.cache import cache_root
-    from flashhead.calibrate import USAGE_LOGITS
-    from flashhead.fit import TARGET_AGREEMENT, fit_index, fit_probes
+    from flashhead.core.cache import cache_root
+    from flashhead.build.calibrate import USAGE_LOGITS
+    from flashhead.build.fit import TARGET_AGREEMENT, fit_index, fit_probes
 
     fit, held = calibration(data, sources, model, recipe)
     kw.setdefault("target_agreement", TARGET_AGREEMENT)
@@ -150,8 +150,8 @@ def needed(head, w, h, target: float = 0.995) -> dict:
     top-1 token's cluster ranked within P by stage 1), what that step reads (bf16 bytes), and the
     positions whose dense top-1 the build's own P leaves unprobed (`unprobed`: two builds scored on
     the same positions are compared position by position, suite_report.py)."""
-    from flashhead.fit import dense_top1_rank, smallest_probes
-    from flashhead.metrics import cost
+    from flashhead.build.fit import dense_top1_rank, smallest_probes
+    from flashhead.core.metrics import cost
 
     ranks = dense_top1_rank(head, h, w)
     p = smallest_probes(ranks, target)
@@ -165,9 +165,9 @@ def main():
     from suite_data import load
 
     from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, balanced_kmeans
-    from flashhead.corpus import DOMAINS, LANGUAGES, SUITE
-    from flashhead.evaluate import evaluate_hidden
-    from flashhead.index import fingerprint
+    from flashhead.data.corpus import DOMAINS, LANGUAGES, SUITE
+    from flashhead.tools.evaluate import evaluate_hidden
+    from flashhead.core.index import fingerprint
 
     p = argparse.ArgumentParser()
     p.add_argument("model")

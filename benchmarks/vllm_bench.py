@@ -73,7 +73,7 @@ def main():
     p.add_argument("--audit", type=int, default=0, metavar="N")
     a = p.parse_args()
     from flashhead.build import build
-    from flashhead.sources import resolve
+    from flashhead.build.sources import resolve
 
     base = resolve(a.model)
     fh = Path(a.dir) if a.dir else build(base, Path(tempfile.mkdtemp()) / "fh", progress=False)

@@ -184,7 +184,7 @@ def main():
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size (CPU: one core per rank)")
     a = p.parse_args()
     from flashhead.build import build
-    from flashhead.sources import resolve
+    from flashhead.build.sources import resolve
 
     base = resolve(a.model)
     fh = Path(a.dir) if a.dir else build(base, Path(tempfile.mkdtemp()) / "fh", progress=False)

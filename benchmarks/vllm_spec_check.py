@@ -45,7 +45,7 @@ def rows_run(flashhead_dir, spec: bool, tokens: int, out: Path) -> None:
     import torch
     from vllm import SamplingParams
 
-    from flashhead.head import FlashHead
+    from flashhead.core.head import FlashHead
 
     seen, orig = [], FlashHead.flash_logits
 

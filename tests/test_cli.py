@@ -48,7 +48,7 @@ def test_console_script_runs():
 
 def test_build_json(smollm2_hf_dir, tmp_path, capsys):
     """`flashhead build --json` prints exactly one JSON object and writes a loadable directory."""
-    from flashhead.index import ClusterIndex
+    from flashhead.core.index import ClusterIndex
 
     out = tmp_path / "fh"
     assert main(["build", str(smollm2_hf_dir), "-o", str(out), "--probes", "32", "--iterations", "1",

@@ -1,7 +1,7 @@
 """Balanced k-means: exact sizes, every token once, determinism, and a real gain over chance."""
 import torch
 
-from flashhead.clustering import _normalize, balanced_kmeans, objective
+from flashhead.build.clustering import _normalize, balanced_kmeans, objective
 
 
 def _clustered_rows(v=4096, d=64, groups=64, seed=0):

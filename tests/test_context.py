@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from flashhead import FlashHeadError
-from flashhead.context import Context, running
+from flashhead.core.context import Context, running
 from flashhead.kernels import Kernel
 
 from test_head import _head
@@ -86,7 +86,7 @@ def test_default_context_budget_follows_the_probes():
     """No count chosen: E is the default share of P at every P (a lower P keeps most probes for
     stage 1, the regression where P = 16 kept the E of P = 287 and probed the context alone);
     a chosen count stays."""
-    from flashhead.context import default_for
+    from flashhead.core.context import default_for
     _, head = _head(v=4000, probes=40)
     assert head.context_probes == default_for(40) == 5
     with head.flashhead_only(probes=16):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import flashhead
-from flashhead.context import running
+from flashhead.core.context import running
 from flashhead.integrations import hf
 
 from test_transformers import hf_generate

@@ -1,8 +1,8 @@
 """The domain suite (corpus.py): real text from packages, split by document, never by sentence."""
 import pytest
 
-from flashhead import corpus
-from flashhead.config import FlashHeadError
+from flashhead.data import corpus
+from flashhead.core.config import FlashHeadError
 
 
 @pytest.mark.parametrize("domain", [d for d in corpus.DOMAINS if d != "chat"])
@@ -92,7 +92,7 @@ def test_languages_check_is_running_prose_in_its_own_scripts():
     the paragraphs left in English dropped; none is a default calibration source."""
     import re
 
-    from flashhead import corpus, languages
+    from flashhead.data import corpus, languages
 
     scripts = {"el": r"[\u0370-\u03ff]", "ja": r"[\u3040-\u30ff]", "ko": r"[\uac00-\ud7af]",
                "zh_CN": r"[\u4e00-\u9fff]", "bg": r"[\u0400-\u04ff]"}

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from flashhead import corpus
-from flashhead.evaluate import evaluate_hidden
-from flashhead.fit import dense_top1_rank, smallest_probes
-from flashhead.hidden import teacher_forced
+from flashhead.data import corpus
+from flashhead.tools.evaluate import evaluate_hidden
+from flashhead.build.fit import dense_top1_rank, smallest_probes
+from flashhead.data.hidden import teacher_forced
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_kld_and_context_agree_with_a_direct_computation(smol):
     every cluster probed the KLD is nil."""
     import torch
 
-    from flashhead.context import running
+    from flashhead.core.context import running
 
     model, tok, _, _ = smol
     head, w = model.lm_head.flashhead, model.lm_head.weight.detach()
@@ -89,8 +89,8 @@ def test_smallest_probes_reaches_target(smol):
 
 def test_cli_eval_json_plot_and_write_default(smollm2_flashhead_dir, tmp_path, capsys):
     from flashhead.cli.main import main
-    from flashhead.evaluate import set_default_probes
-    from flashhead.index import ClusterIndex
+    from flashhead.tools.evaluate import set_default_probes
+    from flashhead.core.index import ClusterIndex
 
     png = tmp_path / "pareto.png"
     text = tmp_path / "mine.txt"
@@ -144,7 +144,7 @@ def test_cli_eval_suite_json_per_domain_and_worst(smollm2_flashhead_dir, tmp_pat
 def test_languages_check_runs_each_budget_on_the_same_positions(smol):
     """The languages check (`flashhead eval --languages`): one teacher-forced pass per language, a
     row per context budget, a worst and mean per budget."""
-    from flashhead.evaluate import evaluate_languages
+    from flashhead.tools.evaluate import evaluate_languages
 
     model, tok, _, _ = smol
     r = evaluate_languages(model, tok, ["vi", "el"], [0, 36], max_positions=128)

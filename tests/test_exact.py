@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import flashhead
-from flashhead import corpus
+from flashhead.data import corpus
 from flashhead.backends import Entry
 from flashhead.tools.speculative import DraftLength, accept_greedy, accept_sampled
-from flashhead.sampling import Sampler
+from flashhead.core.sampling import Sampler
 
 BACKENDS = ["transformers"] + (["llamacpp"] if importlib.util.find_spec("llama_cpp") else [])
 # the prompt where SmolLM2's fast mode writes "the melting point" and the dense head "the boiling

@@ -9,9 +9,9 @@ regression in the corpus, calibration, clustering, quantization or the estimate 
 import pytest
 
 from flashhead import balanced_kmeans
-from flashhead.corpus import SUITE
-from flashhead.evaluate import evaluate_hidden
-from flashhead.fit import dense_top1_rank
+from flashhead.data.corpus import SUITE
+from flashhead.tools.evaluate import evaluate_hidden
+from flashhead.build.fit import dense_top1_rank
 
 POSITIONS = 2048
 # Measured on the default build (P = 287, bytes 0.125 in bf16; 2026-11-30, the 2-core host;
@@ -27,8 +27,8 @@ MEASURED = {
 
 @pytest.fixture(scope="module")
 def suite(smollm2_flashhead_dir):
-    from flashhead.evaluate import suite_texts
-    from flashhead.hidden import teacher_forced
+    from flashhead.tools.evaluate import suite_texts
+    from flashhead.data.hidden import teacher_forced
     from flashhead.integrations import hf
 
     model, tok = hf.load(smollm2_flashhead_dir)
@@ -37,11 +37,11 @@ def suite(smollm2_flashhead_dir):
 
 
 def test_every_domain_at_the_default_probes(suite):
-    from flashhead.chat import control_token_ids
+    from flashhead.data.chat import control_token_ids
 
     model, tok, data = suite
     head, w = model.lm_head.flashhead, model.lm_head.weight.detach()
-    from flashhead import metrics
+    from flashhead.core import metrics
     import torch
     bf16 = metrics.cost(head.vocab, head.hidden, head.num_clusters, head.cluster_size, head.probes,
                         head.config.quantization, torch.bfloat16)["bytes_fraction"]
@@ -67,7 +67,7 @@ def plain(suite):
     """The uncalibrated recipe: plain spherical k-means of the same head (the paper's recipe, no
     hidden states), at the default build's probes."""
     from flashhead import ClusterIndex, FlashHead, FlashHeadConfig
-    from flashhead.index import fingerprint
+    from flashhead.core.index import fingerprint
 
     model, _, _ = suite
     head, w = model.lm_head.flashhead, model.lm_head.weight.detach()
@@ -95,8 +95,8 @@ def test_worst_domain_left_out(suite, plain, smollm2_hf_dir, tmp_path_factory):
     build's teacher-forced licences are scored through the left-out build's index."""
     from flashhead import ClusterIndex, FlashHead
     from flashhead.build import build
-    from flashhead.corpus import DOMAINS
-    from flashhead.index import ASSETS_DIR
+    from flashhead.data.corpus import DOMAINS
+    from flashhead.core.index import ASSETS_DIR
 
     model, _, data = suite
     w = model.lm_head.weight.detach()

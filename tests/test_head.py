@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, FlashHeadError, balanced_kmeans
-from flashhead.index import fingerprint
+from flashhead.core.index import fingerprint
 
 
 def _head(v=2000, d=48, cs=16, probes=4, seed=0):

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flashhead import ClusterIndex, FlashHeadConfig, FlashHeadError, balanced_kmeans
-from flashhead.index import JSON_FILE, TENSORS_FILE, fingerprint
+from flashhead.core.index import JSON_FILE, TENSORS_FILE, fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig, FlashHeadError
-from flashhead.dense_rule import DenseRule
-from flashhead.index import fingerprint
+from flashhead.core.dense_rule import DenseRule
+from flashhead.core.index import fingerprint
 from flashhead.kernels import Kernel, interpreting, native, resolve, triton_available
 
 HAS_CUDA = torch.cuda.is_available() and triton_available()
@@ -175,8 +175,8 @@ def test_native_int8_stage1_is_torchs_arithmetic():
     that cancels) may differ by the sums' rounding. Measured here: 0.003% of the scores differ;
     Gemma-3-270M's table against 64 states: 0.0034%, the top-1,532 sets all identical."""
     from flashhead.kernels.cpu import CPU
-    from flashhead.quant import Stage1
-    from flashhead.rows import TensorRows
+    from flashhead.core.quant import Stage1
+    from flashhead.core.rows import TensorRows
 
     g = torch.Generator().manual_seed(0)
     st = Stage1(torch.randn(4096, 640, generator=g), "int8", torch.bfloat16, "cpu")

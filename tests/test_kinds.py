@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from flashhead.kinds import MIN_KIND, kind_of, token_kinds
+from flashhead.data.kinds import MIN_KIND, kind_of, token_kinds
 
 
 @pytest.mark.parametrize("text,kind", [(" PROVIDED", "LATIN-upper"), (" Provided", "LATIN"), ("A", "LATIN"),
@@ -46,7 +46,7 @@ def test_self_samples_from_every_kind_reach_other_scripts(smollm2_hf_dir):
     it writes other scripts too (what a build calibrated on it then covers)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flashhead.hidden import sampled
+    from flashhead.data.hidden import sampled
 
     tok = AutoTokenizer.from_pretrained(smollm2_hf_dir)
     model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, dtype=torch.float32).eval()

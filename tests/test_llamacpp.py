@@ -14,12 +14,12 @@ pytest.importorskip("llama_cpp")
 import flashhead  # noqa: E402
 from flashhead.backends import Entry  # noqa: E402
 from flashhead.backends.llamacpp import LlamaCppBackend, gguf_head  # noqa: E402
-from flashhead.config import FlashHeadError  # noqa: E402
-from flashhead.context import running  # noqa: E402
-from flashhead.head import FlashHead  # noqa: E402
-from flashhead.layout import load_assets  # noqa: E402
-from flashhead.q8rows import Q8Rows  # noqa: E402
-from flashhead.sources import gguf_of  # noqa: E402
+from flashhead.core.config import FlashHeadError  # noqa: E402
+from flashhead.core.context import running  # noqa: E402
+from flashhead.core.head import FlashHead  # noqa: E402
+from flashhead.core.layout import load_assets  # noqa: E402
+from flashhead.core.q8rows import Q8Rows  # noqa: E402
+from flashhead.build.sources import gguf_of  # noqa: E402
 
 PROMPTS = ["The capital of France is", "Water boils at"]
 
@@ -198,9 +198,10 @@ def test_quantizations_beside_flashhead_in_the_same_units(model):
     logits of both files (its whole graph, decode(logits=True)) rather than the dequantized rows
     eval reads: the same figures within the rows' rounding (measured: KLD means within 2% of each
     other). Q8_0 costs less than Q4_K_M, as it must."""
-    from flashhead import corpus, metrics
+    from flashhead.data import corpus
+    from flashhead.core import metrics
     from flashhead.backends.llamacpp_quantize import parse, quantize
-    from flashhead.evaluate import backend_tokens, positions, quantization_rows
+    from flashhead.tools.evaluate import backend_tokens, positions, quantization_rows
 
     backend = model.backend
     lists = backend_tokens(backend, corpus.load("eval", "docs"), 128)

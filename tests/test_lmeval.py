@@ -11,10 +11,10 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from flashhead import corpus                                  # noqa: E402
+from flashhead.data import corpus  # noqa: E402
 from flashhead.integrations import hf                         # noqa: E402
 from flashhead.integrations.lmeval import FlashHeadLM         # noqa: E402
-from flashhead.lmeval_tasks import _records, write            # noqa: E402
+from flashhead.data.lmeval_tasks import _records, write            # noqa: E402
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from flashhead import metrics
+from flashhead.core import metrics
 
 
 def test_tv_identical_is_zero_and_disjoint_is_one():

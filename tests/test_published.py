@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from conftest import write_published
 from flashhead import FlashHead, FlashHeadError
 from flashhead.cli.main import main
-from flashhead.evaluate import evaluate_hidden, suite_texts
-from flashhead.hidden import teacher_forced
+from flashhead.tools.evaluate import evaluate_hidden, suite_texts
+from flashhead.data.hidden import teacher_forced
 from flashhead.integrations import hf
-from flashhead.layout import load_assets
+from flashhead.core.layout import load_assets
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):"]
 

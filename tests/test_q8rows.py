@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig
-from flashhead.index import fingerprint
-from flashhead.q8rows import Q8Rows
+from flashhead.core.index import fingerprint
+from flashhead.core.q8rows import Q8Rows
 
 
 def _q8_blocks(w: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig
-from flashhead.index import fingerprint
-from flashhead.quant import Stage1, dequantize_rows, quantize_rows
+from flashhead.core.index import fingerprint
+from flashhead.core.quant import Stage1, dequantize_rows, quantize_rows
 
 
 def _centroids(k=256, d=64, seed=0):

@@ -4,8 +4,8 @@ in cluster order."""
 import pytest
 import torch
 
-from flashhead.q8rows import Q8Rows
-from flashhead.rows import ArrangedRows, TensorRows, as_rows
+from flashhead.core.q8rows import Q8Rows
+from flashhead.core.rows import ArrangedRows, TensorRows, as_rows
 from test_q8rows import _q8_blocks
 
 

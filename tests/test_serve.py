@@ -15,7 +15,7 @@ httpx = pytest.importorskip("httpx")
 
 import flashhead  # noqa: E402
 from flashhead.serve.launch import Launched  # noqa: E402
-from flashhead.sources import gguf_of  # noqa: E402
+from flashhead.build.sources import gguf_of  # noqa: E402
 
 PROMPT = "Water boils at a temperature of"
 N_CTX = 512

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from flashhead import ClusterIndex, FlashHead, FlashHeadConfig
-from flashhead.config import FlashHeadError
-from flashhead.index import fingerprint
+from flashhead.core.config import FlashHeadError
+from flashhead.core.index import fingerprint
 
 V, D = 4000 - 7, 64          # a short last cluster, as in real vocabularies
 
@@ -66,7 +66,7 @@ def test_cosine_shards_need_the_whole_heads_means():
     whole = FlashHead(w, index, kernel="torch")
     with pytest.raises(FlashHeadError, match="means"):
         _shards(w, index, [0, 2000, V], "torch")
-    from flashhead.shard import member_sums
+    from flashhead.core.shard import member_sums
 
     parts = [member_sums(w[a:b], index.assignments[a:b], index.num_clusters) for a, b in [(0, 2000), (2000, V)]]
     means = (parts[0][0] + parts[1][0]) / (parts[0][1] + parts[1][1]).unsqueeze(1)

@@ -71,7 +71,7 @@ def flashhead_llm(smollm2_flashhead_dir):
 
 
 def test_all_probes_equals_dense(smollm2_flashhead_dir, dense_tokens):
-    from flashhead.index import ClusterIndex
+    from flashhead.core.index import ClusterIndex
 
     k = ClusterIndex.load(smollm2_flashhead_dir / "flash_head_assets").num_clusters
     llm, out = _greedy(smollm2_flashhead_dir, hf_overrides={"flash_head_probes": k})
@@ -192,7 +192,7 @@ def _offline_agreement(model_dir, outputs):
     head (P = 64, E = 32) and each position's running context."""
     import torch
 
-    from flashhead.context import running
+    from flashhead.core.context import running
     from flashhead.tools.model import load
 
     checked = agreed = 0

@@ -45,7 +45,7 @@ def test_bad_assets_refuse_to_start(smollm2_flashhead_dir, smollm2_head, tmp_pat
         cache.write_bytes(cache.read_bytes()[:1000])
         expect = str(cache)
     else:  # assets of another model of the same shape: the fingerprint of a different head
-        from flashhead.index import fingerprint
+        from flashhead.core.index import fingerprint
 
         meta = d / "flash_head_assets" / "flashhead.json"
         m = json.loads(meta.read_text())

@@ -6,10 +6,10 @@ Integrations and tools are imported lazily from their modules (`flashhead.integr
 """
 __version__ = "0.1.0"
 
-from .config import FlashHeadConfig, FlashHeadError
-from .clustering import balanced_kmeans
-from .index import ClusterIndex
-from .head import FlashHead
+from .core.config import FlashHeadConfig, FlashHeadError
+from .build.clustering import balanced_kmeans
+from .core.index import ClusterIndex
+from .core.head import FlashHead
 
 
 

@@ -20,7 +20,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-from ..config import FlashHeadError
+from ..core.config import FlashHeadError
 
 NAMES = ("transformers", "llamacpp")
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import FlashHeadError
+from ..core.config import FlashHeadError
 from ..kernels import native
-from ..q8rows import BLOCK_BYTES, QK, Q8Rows
-from ..rows import as_rows
+from ..core.q8rows import BLOCK_BYTES, QK, Q8Rows
+from ..core.rows import as_rows
 from . import Entry, chat_text
 
 # llama-cpp-python versions this backend is tested with (node names and the low-level API).

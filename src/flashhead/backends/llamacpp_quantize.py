@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..cache import cache_root
-from ..config import FlashHeadError
+from ..core.cache import cache_root
+from ..core.config import FlashHeadError
 from .llamacpp import _quiet, llama_cpp
 
 # the names users know (llama-quantize's), to llama.cpp's file types

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import torch
 
-from ..config import FlashHeadError
+from ..core.config import FlashHeadError
 from . import Entry, chat_text
 
 

@@ -46,7 +46,7 @@ def add_arguments(p):
     p.add_argument("--audit", type=int, default=0, metavar="N", help="decode: the fast mode with the live "
                    "audit (the dense head on every N-th token) too: its cost and agreement")
     p.add_argument("--prompt", default=None, help="decode: the prompt (default: an English sentence, "
-                   "flashhead.bench.PROMPT)")
+                   "flashhead.tools.bench.PROMPT)")
     p.add_argument("--domain", default=None, help="decode: the prompt from the start of a suite domain's "
                    "or language's eval text (corpus.py: prose, docs, code, legal, german, russian, polish, "
                    "czech, bulgarian, chinese)")
@@ -59,8 +59,8 @@ def add_arguments(p):
 
 def run(args):
     from ..backends import choose
-    from ..bench import bench, bench_random, format_decode, plot
-    from ..config import FlashHeadError
+    from ..tools.bench import bench, bench_random, format_decode, plot
+    from ..core.config import FlashHeadError
 
     if args.smoke:
         args.batch, args.repeats, args.new_tokens, args.decode_repeats = [1, 2], 2, 2, 1
@@ -74,7 +74,7 @@ def run(args):
         raise FlashHeadError("give --prompt or --domain, not both")
     prompt = args.prompt
     if args.domain is not None:
-        from ..bench import domain_prompt
+        from ..tools.bench import domain_prompt
 
         prompt = domain_prompt(args.domain)
     if args.probes is not None:

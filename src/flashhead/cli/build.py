@@ -23,9 +23,9 @@ Default probes: the smallest count reaching --target-agreement on the last quart
 
 def add_arguments(p):
     from ..build import CALIBRATION_POSITIONS
-    from ..fit import TARGET_AGREEMENT
-    from ..config import FlashHeadConfig, QUANTIZATIONS
-    from ..sources import ALIASES
+    from ..build.fit import TARGET_AGREEMENT
+    from ..core.config import FlashHeadConfig, QUANTIZATIONS
+    from ..build.sources import ALIASES
 
     d = FlashHeadConfig()
     p.add_argument("source", help=f"HF model directory, .gguf file, or alias ({', '.join(ALIASES)})")
@@ -49,8 +49,8 @@ def add_arguments(p):
 
 def run(args):
     from ..build import build
-    from ..config import FlashHeadConfig
-    from ..layout import load_assets
+    from ..core.config import FlashHeadConfig
+    from ..core.layout import load_assets
 
     config = FlashHeadConfig(cluster_size=args.cluster_size, quantization=args.quantization,
                              iterations=args.iterations, seed=args.seed)
@@ -72,7 +72,7 @@ def run(args):
 def calibration_arg(calibrate_on):
     """--calibrate-on's words -> build's calibration: source names kept, the rest read as text files."""
     from ..build import DEFAULT_CALIBRATION, calibration_sources
-    from ..corpus import DOMAINS, read_files
+    from ..data.corpus import DOMAINS, read_files
 
     if not calibrate_on:
         return DEFAULT_CALIBRATION

@@ -16,7 +16,7 @@ MODES = {"dense": "the dense head", "fast": "FlashHead", "exact": "FlashHead, ve
 
 
 def add_arguments(p):
-    from ..sources import ALIASES, DEFAULT_MODEL
+    from ..build.sources import ALIASES, DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(ALIASES), help="default %(default)s")
     p.add_argument("--prompt", action="append", help="replace the built-in prompts (repeatable)")
@@ -30,10 +30,10 @@ def add_arguments(p):
 
 def run(args):
     from ..build import build
-    from ..cache import cache_root
-    from ..config import FlashHeadError
-    from ..layout import load_assets
-    from ..metrics import common_prefix
+    from ..core.cache import cache_root
+    from ..core.config import FlashHeadError
+    from ..core.layout import load_assets
+    from ..core.metrics import common_prefix
     from ..tools.model import load
 
     out = cache_root() / "models" / f"{args.model}-flashhead"

@@ -15,10 +15,10 @@ EPILOG = """examples:
   flashhead eval models/smollm2-flashhead --backend llamacpp --quantizations q8_0,q4_k_m
 
 Without --text, the text is the suite: the eval documents of every domain (prose, docs, code, legal,
-german, russian, chat; src/flashhead/corpus.py), the worst domain the build never saw reported.
+german, russian, chat; src/flashhead/data/corpus.py), the worst domain the build never saw reported.
 With --text, only those files (one text per blank-line separated paragraph). With --languages,
 the languages check: running prose in 15 languages of 6 scripts that no build calibrates on
-(src/flashhead/languages.py), texts of up to 512 tokens, once per context budget of
+(src/flashhead/data/languages.py), texts of up to 512 tokens, once per context budget of
 --context-probes (0: stage 1 alone picks the probes; E: up to E of them go to the clusters of the
 text so far). Every mode reports KL divergence to the dense head as llama-perplexity does; with
 --backend llamacpp --quantizations, llama.cpp's own quantizations of the same GGUF stand beside
@@ -66,9 +66,9 @@ def _table(result: dict) -> None:
 
 
 def run(args):
-    from .. import corpus
-    from ..config import FlashHeadError
-    from ..evaluate import evaluate, evaluate_suite, plot, plot_suite, set_default_probes
+    from ..data import corpus
+    from ..core.config import FlashHeadError
+    from ..tools.evaluate import evaluate, evaluate_suite, plot, plot_suite, set_default_probes
     from ..integrations import hf
 
     if args.write_default and args.target_agreement is None:
@@ -132,7 +132,7 @@ def run(args):
 
 
 def _languages(args, model, tok):
-    from ..evaluate import evaluate_languages
+    from ..tools.evaluate import evaluate_languages
 
     result = evaluate_languages(model, tok, contexts=args.context_probes,
                                 max_positions=min(args.max_positions, 1536), progress=not args.json)
@@ -164,9 +164,9 @@ def _print_suite(result: dict) -> None:
 
 
 def _llamacpp(args):
-    from ..config import FlashHeadError
+    from ..core.config import FlashHeadError
     from ..backends.llamacpp_quantize import parse
-    from ..evaluate import evaluate_backend
+    from ..tools.evaluate import evaluate_backend
     from ..tools.model import load
 
     if args.text or args.target_agreement is not None or args.plot:

@@ -46,8 +46,8 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..config import FlashHeadError
-    from ..sampling import check
+    from ..core.config import FlashHeadError
+    from ..core.sampling import check
     from ..tools.model import load
 
     check(args.temperature, args.top_p, args.top_k)

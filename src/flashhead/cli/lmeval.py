@@ -26,7 +26,7 @@ def add_arguments(p):
 def run(args):
     import sys
 
-    from ..config import FlashHeadError
+    from ..core.config import FlashHeadError
 
     try:
         from lm_eval.__main__ import cli_evaluate

@@ -44,7 +44,7 @@ def _quiet_frameworks() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config import FlashHeadError
+    from ..core.config import FlashHeadError
 
     parser, modules = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -61,7 +61,7 @@ def run(args):
     import logging
     from pathlib import Path
 
-    from ..config import FlashHeadError
+    from ..core.config import FlashHeadError
     from ..serve import serve
     from ..tools.model import load
 

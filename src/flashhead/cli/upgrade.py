@@ -31,8 +31,8 @@ def add_arguments(p):
 
 def run(args):
     from ..build import upgrade
-    from ..cli.build import calibration_arg
-    from ..layout import load_assets
+    from .build import calibration_arg
+    from ..core.layout import load_assets
 
     out = upgrade(args.model_dir, calibration_arg(args.calibrate_on), args.calibration_positions,
                   progress=not args.json, device=args.device)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from ..layout import CACHE_KEY, base_model_type, load_assets, read_config
-from ..config import FlashHeadError
-from ..dense_rule import DenseRule
-from ..head import FlashHead
-from ..index import ClusterIndex
+from ..core.layout import CACHE_KEY, base_model_type, load_assets, read_config
+from ..core.config import FlashHeadError
+from ..core.dense_rule import DenseRule
+from ..core.head import FlashHead
+from ..core.index import ClusterIndex
 
 # The dense rule's crossover for transformers' dense head (fraction of V in stage-2 rows N*P*cs per
 # step; docs/KERNELS.md). CPU fp32 (the CPU kernel gathers each probed cluster once per batch):

@@ -17,8 +17,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..config import FlashHeadError
-from ..layout import ARCH_PREFIX, BASE_TYPE_KEY, CACHE_KEY, TYPE_PREFIX
+from ..core.config import FlashHeadError
+from ..core.layout import ARCH_PREFIX, BASE_TYPE_KEY, CACHE_KEY, TYPE_PREFIX
 
 EAGER = ("llama", "gemma3_text", "qwen3")   # the families tested (Llama, Gemma3, Qwen3)
 PROBES_KEY = "flash_head_probes"   # as in the vLLM plugin: from_pretrained(dir, flash_head_probes=64)
@@ -62,8 +62,8 @@ def _dense_base(cls) -> type:
 
 def _from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
     from .hf import apply
-    from ..index import ClusterIndex
-    from ..layout import PUBLISHED_PROBES, load_assets
+    from ..core.index import ClusterIndex
+    from ..core.layout import PUBLISHED_PROBES, load_assets
 
     probes = kwargs.pop(PROBES_KEY, None)
     arrange = kwargs.pop(ARRANGE_KEY, None)
@@ -81,7 +81,7 @@ def _from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
 
 def _assets(path, config, kwargs) -> Path:
     """The directory's flash_head_assets/ (a local directory, or fetched from the Hub)."""
-    from ..index import JSON_FILE, TENSORS_FILE
+    from ..core.index import JSON_FILE, TENSORS_FILE
 
     folder = getattr(config, CACHE_KEY, None)
     if folder is None:
@@ -100,9 +100,9 @@ def _save_pretrained(self, save_directory, *args, **kwargs):
     """The base's save_pretrained, then the assets (checked against the head being saved: a
     changed head invalidates them) and a FlashHead model-card section in README.md."""
     from .hf import FlashHeadLMHead
-    from ..index import ClusterIndex, check_fingerprint
-    from ..layout import assets_dir
-    from ..model_card import write_section
+    from ..core.index import ClusterIndex, check_fingerprint
+    from ..core.layout import assets_dir
+    from ..build.model_card import write_section
 
     head, src = self.get_output_embeddings(), getattr(self, "_flash_head_assets", None)
     if not isinstance(head, FlashHeadLMHead) or src is None:

@@ -27,7 +27,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from ..config import FlashHeadError
+from ..core.config import FlashHeadError
 from . import hf
 
 

@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from ..config import FlashHeadError
+from ..core.config import FlashHeadError
 
 
 class Kernel(str, enum.Enum):

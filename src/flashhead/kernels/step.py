@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import torch
 
-from ..config import FlashHeadError
-from ..estimate import unprobed_logits
-from ..quant import Stage1
-from ..shard import member_means, shard_tables
+from ..core.config import FlashHeadError
+from ..core.estimate import unprobed_logits
+from ..core.quant import Stage1
+from ..core.shard import member_means, shard_tables
 
 
 def pick(tok: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 def serve(model, host: str = "127.0.0.1", port: int = 8000, model_name: str = "flashhead",
           max_queue: int = 64, exact: bool = False, audit: int = 0, log_level: str = "info") -> None:
     """Serve `model` (tools.model.Model) on host:port until interrupted."""
-    from ..config import FlashHeadError
+    from ..core.config import FlashHeadError
 
     try:
         import fastapi  # noqa: F401

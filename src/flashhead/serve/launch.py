@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..config import FlashHeadError
+from ..core.config import FlashHeadError
 
 
 def free_port() -> int:

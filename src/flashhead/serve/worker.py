@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..config import FlashHeadError
+from ..core.config import FlashHeadError
 from ..tools.engine import Engine, Request, seed_of
 
 log = logging.getLogger("flashhead.serve")

@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..backends import Entry
-from ..config import FlashHeadError
-from ..context import Context
-from ..sampling import Sampler, check
+from ..core.config import FlashHeadError
+from ..core.context import Context
+from ..core.sampling import Sampler, check
 from .speculative import DraftLength, accept_greedy, accept_sampled
 
 DRAFT = 16       # the most tokens a sequence proposes per round in exact mode (K's ceiling)

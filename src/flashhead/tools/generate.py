@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ..config import FlashHeadError
+from ..core.config import FlashHeadError
 from .engine import DRAFT, Engine, Request, seed_of
 
 MODES = ("fast", "exact", "dense")

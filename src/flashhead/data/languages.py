@@ -29,7 +29,7 @@ import html
 import re
 from pathlib import Path
 
-from .config import FlashHeadError
+from ..core.config import FlashHeadError
 
 GUIDE_DIR = Path("/usr/share/doc/installation-guide-amd64")
 PACKAGE = "installation-guide-amd64"

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .config import FlashHeadConfig, FlashHeadError
+from ..core.config import FlashHeadConfig, FlashHeadError
 from .fit import TARGET_AGREEMENT, fit_index
-from .index import ASSETS_DIR
-from .layout import CACHE_KEY, base_architecture, mark_config, read_config, read_head_weight
+from ..core.index import ASSETS_DIR
+from ..core.layout import CACHE_KEY, base_architecture, mark_config, read_config, read_head_weight
 from .sources import resolve
 
 # The default calibration: every domain of the suite and the extra languages (their calibration
@@ -58,7 +58,7 @@ def _copy_model_files(src: Path, dst: Path) -> None:
 def calibration_sources(calibration) -> list:
     """The sources a calibration names: "self" (the model's own samples), corpus domains
     (corpus.DOMAINS; "fortunes" is "prose"), "suite" (every domain and self), or lists of texts."""
-    from . import corpus
+    from ..data import corpus
 
     items = [calibration] if isinstance(calibration, str) else list(calibration or [])
     out = []
@@ -89,9 +89,9 @@ def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: 
     `positions`, each text after text: "self" samples the model (hidden.sampled), a domain is
     teacher-forced on its calibration documents (corpus.py; never its eval documents), a list
     of texts (the user's files) likewise. Returns them and the model's tokenizer."""
-    from . import hidden
-    from .evaluate import suite_texts
-    from .integrations import hf
+    from ..data import hidden
+    from ..tools.evaluate import suite_texts
+    from ..integrations import hf
 
     sources = calibration_sources(calibration)
     model, tok = hf.load(src, dense=True, device=device)   # a FlashHead source too: its dense head
@@ -120,7 +120,7 @@ def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: 
 def end_tokens(src: Path, tokenizer) -> list[int]:
     """The tokens that end or frame a turn for this model: its EOS ids (config, generation config,
     tokenizer) and its chat template's control tokens (chat.control_token_ids)."""
-    from .chat import control_token_ids
+    from ..data.chat import control_token_ids
 
     ids = set(control_token_ids(tokenizer))
     for name in ("config.json", "generation_config.json"):
@@ -216,11 +216,11 @@ def upgrade(model_dir, calibration=None, positions: int = UPGRADE_POSITIONS, pro
     on calibration text. The published clusters and both tensors stay as they are."""
     from safetensors.torch import load_file
 
-    from .estimate import fit_offsets
+    from ..core.estimate import fit_offsets
     from .fit import dense_top1_rank
-    from .head import FlashHead
-    from .index import JSON_FILE, TENSORS_FILE, fingerprint
-    from .layout import assets_dir, load_assets
+    from ..core.head import FlashHead
+    from ..core.index import JSON_FILE, TENSORS_FILE, fingerprint
+    from ..core.layout import assets_dir, load_assets
 
     model_dir = Path(model_dir)
     folder = assets_dir(model_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .index import ClusterIndex
+from ..core.index import ClusterIndex
 
 BEGIN, END = "<!-- flashhead:begin -->", "<!-- flashhead:end -->"
 

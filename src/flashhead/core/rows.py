@@ -18,8 +18,8 @@ from typing import Protocol
 
 import torch
 
-from .kernels import native
-from .kernels.rows_dot import rows_dot
+from ..kernels import native
+from ..kernels.rows_dot import rows_dot
 
 
 class HeadRows(Protocol):

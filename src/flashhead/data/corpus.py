@@ -37,7 +37,7 @@ import re
 import sysconfig
 from pathlib import Path
 
-from .config import FlashHeadError
+from ..core.config import FlashHeadError
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 # Prose-like English collections (no ASCII art, no code, no lists of jokes in dialect).

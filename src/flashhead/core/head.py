@@ -21,15 +21,15 @@ import dataclasses
 
 import torch
 
-from . import kernels
+from .. import kernels
 from .config import FlashHeadError
 from .context import default_for
 from .dense_rule import DenseRule
 from .index import ClusterIndex, check_fingerprint as _check
-from .kernels import Kernel
-from .kernels.graphs import GraphCache
-from .kernels.registry import KERNELS
-from .kernels.step import Step, pick
+from ..kernels import Kernel
+from ..kernels.graphs import GraphCache
+from ..kernels.registry import KERNELS
+from ..kernels.step import Step, pick
 from .rows import as_rows
 
 

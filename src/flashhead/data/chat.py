@@ -12,14 +12,14 @@ import json
 
 import torch
 
-from .config import FlashHeadError
+from ..core.config import FlashHeadError
 
 ANSWER_TOKENS = 96
 _VERSION = 1   # bump when the rendering changes
 
 
 def _cache_path(model, split: str):
-    from .cache import cache_root
+    from ..core.cache import cache_root
 
     # keyed by the model's own head (a sample of its rows), not its path: a FlashHead directory and
     # the model it was built from give the same dense answers
