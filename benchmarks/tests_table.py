@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 DURATION = re.compile(r"^([\d.]+)s (setup|call|teardown)\s+(\S+)")
-SUMMARY = re.compile(r"^=* ?(\d+ passed.*?) in ([\d.]+)s")
+SUMMARY = re.compile(r"^=* ?(\d+ passed.*?) in ([\d.]+)s", re.MULTILINE)
 
 HEAD = """# What the tests cost
 

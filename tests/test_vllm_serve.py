@@ -1,19 +1,16 @@
 """`vllm serve` (OpenAI API, default multi-process mode) on loopback with the FlashHead directory."""
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("vllm")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from vllm_load import load, long_prompt_ids, serve as _serve, steps, stop as _stop, wait_ready as _wait_ready  # noqa: E402
+from flashhead.tools.vllm_load import load, long_prompt_ids, serve as _serve, steps, stop as _stop, wait_ready as _wait_ready  # noqa: E402
 
 
 def test_serve_64_concurrent(smollm2_hf_dir, smollm2_flashhead_dir, tmp_path):
-    """64 requests at once through the OpenAI API (benchmarks/vllm_load.py's mix: greedy with
+    """64 requests at once through the OpenAI API (tools/vllm_load.py's mix: greedy with
     logprobs, sampled streams, stop strings, n=2, max_tokens=1, a prompt of max_model_len - 1
     tokens, one past it (400), a client that drops its stream): every answer as the API says, nothing
     left running, the server still answering; FlashHead on every step (the rule off)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..core.config import FlashHeadError
 from ..core.layout import ARCH_PREFIX, BASE_TYPE_KEY, CACHE_KEY, TYPE_PREFIX
+from .hf_head import FlashHeadLMHead, apply
 
 EAGER = ("llama", "gemma3_text", "qwen3")   # the families tested (Llama, Gemma3, Qwen3)
 PROBES_KEY = "flash_head_probes"   # as in the vLLM plugin: from_pretrained(dir, flash_head_probes=64)
@@ -61,7 +62,6 @@ def _dense_base(cls) -> type:
 
 
 def _from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-    from .hf import apply
     from ..core.index import ClusterIndex
     from ..core.layout import PUBLISHED_PROBES, load_assets
 
@@ -99,7 +99,6 @@ def _assets(path, config, kwargs) -> Path:
 def _save_pretrained(self, save_directory, *args, **kwargs):
     """The base's save_pretrained, then the assets (checked against the head being saved: a
     changed head invalidates them) and a FlashHead model-card section in README.md."""
-    from .hf import FlashHeadLMHead
     from ..core.index import ClusterIndex, check_fingerprint
     from ..core.layout import assets_dir
     from ..build.model_card import write_section

@@ -1,6 +1,6 @@
 """Measured, not adopted: a per-token residual code in stage 1 (docs/FIDELITY.md).
 
-    python benchmarks/stage1_residual.py smollm2-135m --domains russian legal
+    python experiments/stage1_residual.py smollm2-135m --domains russian legal
 
 Stage 1 scores each cluster by its centroid. Here each token also carries a product-quantized code
 of its residual (row minus its cluster's centroid; M subspaces, 16 codewords each: 4 bits per
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))   # suite_data, suite_lab
 
 
 def pq_fit(x: torch.Tensor, m: int, k: int = 16, iters: int = 12, seed: int = 0):

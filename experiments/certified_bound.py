@@ -2,7 +2,7 @@
 CSV-Decode"): a step is certified when the best exact logit among the probed clusters' tokens is at
 least an upper bound of every unprobed token's logit; an uncertified step would need the dense head.
 
-    python benchmarks/certified_bound.py MODEL --domain legal [--eval-positions 2048]
+    python experiments/certified_bound.py MODEL --domain legal [--eval-positions 2048]
 
 The build is the leave-one-domain-out build of suite_lab.py (calibrated on every source but the
 domain; cached states of benchmarks/suite_data.py), scored on the domain's eval positions at its
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))   # suite_data, suite_lab
 
 
 def bounds(w: torch.Tensor, assign: torch.Tensor, c: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Adaptive probes per position against fixed probes at equal mean bytes (measured, not adopted).
 
-    python benchmarks/suite_adaptive.py smollm2-135m --p1 192 --p2 1024
+    python experiments/suite_adaptive.py smollm2-135m --p1 192 --p2 1024
 
 One build calibrated on every source (suite_lab.fitted), then on every suite domain's eval documents
 three rules that give a position more probes where it looks unsure, scored from the dense logits
@@ -12,7 +12,7 @@ three rules that give a position more probes where it looks unsure, scored from 
     pmax   P1 probes; P2 if the softmax of the probed exact logits peaks below p (two tiers)
 Each line: domain:agreement/mean probes. Compare with `fixed` at the same mean probes.
 
-    python benchmarks/suite_adaptive.py smollm2-135m --outliers legal german code
+    python experiments/suite_adaptive.py smollm2-135m --outliers legal german code
 
 instead scores "outlier tokens scored exactly": per left-out domain X (a build on every other
 source), the R tokens furthest from their cluster's stage-1 vector in the calibrated metric join
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))   # suite_data, suite_lab
 
 
 def main():
