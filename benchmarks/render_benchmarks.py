@@ -92,7 +92,9 @@ if ll:
         name = b["model_dir"].rstrip("/").split("/")[-1]
         print(f"**{name}** ({b['gguf'].split('/')[-1]}, llama-cpp-python {b['llama_cpp_python']}, "
               f"{b['machine']['threads']} threads): head {b['vocab']} x {b['hidden']} {b['head_form']}, "
-              f"probes {b['probes']} of {b['clusters']} clusters. Memory: the GGUF file {mem['gguf_bytes'] / 2**20:.0f} MiB "
+              f"probes {b['probes']} of {b['clusters']} clusters"
+              + (f" (up to {b['context_probes']} of them for each sequence's context)" if b.get("context_probes")
+                 else " (stage 1 alone: measured before the context-aware probes)") + f". Memory: the GGUF file {mem['gguf_bytes'] / 2**20:.0f} MiB "
               f"(its head {mem['head_bytes_in_gguf'] / 2**20:.0f} MiB), FlashHead's index "
               f"{mem['flashhead_index_bytes'] / 2**20:.1f} MiB + the head's Q8_0 rows in cluster order "
               f"{mem['flashhead_arranged_rows_bytes'] / 2**20:.0f} MiB.\n")

@@ -62,4 +62,5 @@ FLASHHEAD_DENSE_RULE=0 python benchmarks/amdahl.py --json "$RAW/amdahl.json" \
   python benchmarks/languages.py --into docs/FIDELITY.md --suite $(for m in $MODELS; do
     printf '%s=%s,%s ' "$m" "$RAW/suite-context-$m-e0.json" "$RAW/suite-context-$m.json"; done); }
 python benchmarks/render_benchmarks.py $MODELS > docs/BENCHMARKS.md
+python benchmarks/llamacpp_tables.py --into docs/LLAMACPP.md
 echo "wrote docs/BENCHMARKS.md"

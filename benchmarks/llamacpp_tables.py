@@ -1,0 +1,75 @@
+"""docs/LLAMACPP.md's two tables (verified decoding; the fast mode's speed) from the raw JSON of
+`flashhead bench --backend llamacpp` that scripts/benchmarks.sh writes to docs/bench/.
+
+    python benchmarks/llamacpp_tables.py [--into docs/LLAMACPP.md]
+
+Rows: docs/bench/llamacpp-MODEL.json (the bench's English prompt, batches 1, 4, 8) and
+docs/bench/exact-MODEL-LANG.json (batch 1, a language no build calibrates on).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from flashhead.tools.doc_tables import into
+
+MODELS = {"gemma-3-270m": ("Gemma-3-270M", "Q4_K_M"), "smollm2-135m": ("SmolLM2-135M", "Q4_1")}
+EXACT_MARK = ("<!-- exact table: start -->", "<!-- exact table: end -->")
+SPEED_MARK = ("<!-- speed table: start -->", "<!-- speed table: end -->")
+
+
+def _load(name: str):
+    p = Path("docs/bench") / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def exact_table() -> str:
+    out = ["| model | prompt | batch | exact tok/s | vs dense, same settings | vs llama.cpp's defaults | "
+           "FlashHead (fast) | acceptance | mean K | ms per token: body / head / check |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for m, (name, _) in MODELS.items():
+        runs = [("English", _load(f"llamacpp-{m}"))] + [(lang.capitalize(), _load(f"exact-{m}-{lang}"))
+                                                        for lang in ("polish", "chinese")]
+        for lang, b in runs:
+            if b is None:
+                continue
+            prompt = lang if lang == "English" else f"{lang} ({b['prompt_tokens']} tokens)"
+            for r in b["decode"]:
+                if lang == "English" and r["batch"] == 4 and m != "gemma-3-270m":
+                    continue
+                out.append(f"| {name} | {prompt} | {r['batch']} | {r['exact_tok_s']:.1f} | {r['exact_speedup']:.2f}x | "
+                           f"{r['exact_speedup_vs_defaults']:.2f}x | {r['speedup']:.2f}x | {r['acceptance']:.3f} | "
+                           f"{r['mean_draft']:.1f} | {r['exact_body_ms']:.2f} / {r['exact_head_ms']:.2f} / "
+                           f"{r['exact_check_ms']:.2f} |")
+    return "\n".join(out)
+
+
+def speed_table() -> str:
+    out = ["| model (probes, context) | batch | dense tok/s | FlashHead tok/s | speedup | vs llama.cpp's defaults | "
+           "free-head bound | FlashHead head ms per step |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m, (name, quant) in MODELS.items():
+        b = _load(f"llamacpp-{m}")
+        if b is None:
+            continue
+        for r in b["decode"]:
+            out.append(f"| {name} {quant} ({b['probes']:,}, E = {b.get('context_probes') or 0}) | {r['batch']} | "
+                       f"{r['dense_tok_s']:.1f} | {r['flashhead_tok_s']:.1f} | {r['speedup']:.2f}x | "
+                       f"{r['speedup_vs_defaults']:.2f}x | {r['bound']:.2f}x | {r['flashhead_head_ms']:.2f} |")
+    return "\n".join(out)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--into", type=Path, help="write the tables between their markers in this doc")
+    a = p.parse_args()
+    if a.into:
+        into(a.into, EXACT_MARK, exact_table())
+        into(a.into, SPEED_MARK, speed_table())
+    else:
+        print(exact_table(), speed_table(), sep="\n\n")
+
+
+if __name__ == "__main__":
+    main()
