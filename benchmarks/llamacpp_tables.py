@@ -24,10 +24,14 @@ def _load(name: str):
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def markdown(head: list[str], rows: list[list[str]], left: int) -> str:
+    """A Markdown table: the first `left` columns left-aligned, the rest right-aligned."""
+    rule = ["---"] * left + ["---:"] * (len(head) - left)
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, rule] + rows)
+
+
 def exact_table() -> str:
-    out = ["| model | prompt | batch | exact tok/s | vs dense, same settings | vs llama.cpp's defaults | "
-           "FlashHead (fast) | acceptance | mean K | ms per token: body / head / check |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = []
     for m, (name, _) in MODELS.items():
         runs = [("English", _load(f"llamacpp-{m}"))] + [(lang.capitalize(), _load(f"exact-{m}-{lang}"))
                                                         for lang in ("polish", "chinese")]
@@ -38,26 +42,25 @@ def exact_table() -> str:
             for r in b["decode"]:
                 if lang == "English" and r["batch"] == 4 and m != "gemma-3-270m":
                     continue
-                out.append(f"| {name} | {prompt} | {r['batch']} | {r['exact_tok_s']:.1f} | {r['exact_speedup']:.2f}x | "
-                           f"{r['exact_speedup_vs_defaults']:.2f}x | {r['speedup']:.2f}x | {r['acceptance']:.3f} | "
-                           f"{r['mean_draft']:.1f} | {r['exact_body_ms']:.2f} / {r['exact_head_ms']:.2f} / "
-                           f"{r['exact_check_ms']:.2f} |")
-    return "\n".join(out)
+                ms = " / ".join(f"{r[k]:.2f}" for k in ("exact_body_ms", "exact_head_ms", "exact_check_ms"))
+                rows.append([name, prompt, str(r["batch"]), f"{r['exact_tok_s']:.1f}"]
+                            + [f"{r[k]:.2f}x" for k in ("exact_speedup", "exact_speedup_vs_defaults", "speedup")]
+                            + [f"{r['acceptance']:.3f}", f"{r['mean_draft']:.1f}", ms])
+    return markdown(["model", "prompt", "batch", "exact tok/s", "vs dense, same settings", "vs llama.cpp's defaults",
+                     "FlashHead (fast)", "acceptance", "mean K", "ms per token: body / head / check"], rows, 2)
 
 
 def speed_table() -> str:
-    out = ["| model (probes, context) | batch | dense tok/s | FlashHead tok/s | speedup | vs llama.cpp's defaults | "
-           "free-head bound | FlashHead head ms per step |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for m, (name, quant) in MODELS.items():
         b = _load(f"llamacpp-{m}")
-        if b is None:
-            continue
-        for r in b["decode"]:
-            out.append(f"| {name} {quant} ({b['probes']:,}, E = {b.get('context_probes') or 0}) | {r['batch']} | "
-                       f"{r['dense_tok_s']:.1f} | {r['flashhead_tok_s']:.1f} | {r['speedup']:.2f}x | "
-                       f"{r['speedup_vs_defaults']:.2f}x | {r['bound']:.2f}x | {r['flashhead_head_ms']:.2f} |")
-    return "\n".join(out)
+        for r in (b or {}).get("decode", []):
+            rows.append([f"{name} {quant} ({b['probes']:,}, E = {b.get('context_probes') or 0})", str(r["batch"]),
+                         f"{r['dense_tok_s']:.1f}", f"{r['flashhead_tok_s']:.1f}"]
+                        + [f"{r[k]:.2f}x" for k in ("speedup", "speedup_vs_defaults", "bound")]
+                        + [f"{r['flashhead_head_ms']:.2f}"])
+    return markdown(["model (probes, context)", "batch", "dense tok/s", "FlashHead tok/s", "speedup",
+                     "vs llama.cpp's defaults", "free-head bound", "FlashHead head ms per step"], rows, 1)
 
 
 def main():
