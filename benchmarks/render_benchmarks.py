@@ -90,7 +90,8 @@ if ll:
     for b in ll:
         mem = b["memory"]
         name = b["model_dir"].rstrip("/").split("/")[-1]
-        print(f"**{name}** ({b['gguf'].split('/')[-1]}, llama-cpp-python {b['llama_cpp_python']}, "
+        host = f"{b['machine'].get('cpu', '')} ({b['machine']['isa']}), " if b["machine"].get("isa") else ""
+        print(f"**{name}** ({host}{b['gguf'].split('/')[-1]}, llama-cpp-python {b['llama_cpp_python']}, "
               f"{b['machine']['threads']} threads): head {b['vocab']} x {b['hidden']} {b['head_form']}, "
               f"probes {b['probes']} of {b['clusters']} clusters"
               + (f" (up to {b['context_probes']} of them for each sequence's context)" if b.get("context_probes")

@@ -74,7 +74,11 @@ def machine(device: str, bw: float) -> dict:
             "cpu_count": os.cpu_count(), "device": device, "copy_bandwidth_gb_s": round(bw, 2)}
     try:
         with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+            lines = f.read().splitlines()
+        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+        flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+        # hosts of one name differ (AVX2-only or AVX-512): a number names its host's instruction set
+        info["isa"] = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "neither AVX2 nor AVX-512"
     except OSError:
         info["cpu"] = platform.processor()
     if device == "cuda":
