@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from flashhead.tools.doc_tables import into
+from flashhead.tools.doc_tables import emit
 
 MARK = ("<!-- languages table: start -->", "<!-- languages table: end -->")
 SUITE_MARK = ("<!-- suite context table: start -->", "<!-- suite context table: end -->")
@@ -68,10 +68,7 @@ def main() -> None:
         table, mark = render(report, Path(args.json).stem.removeprefix("languages-")), MARK
     else:
         ap.error("give a languages JSON or --suite")
-    if args.into:
-        into(args.into, mark, table)
-    else:
-        print(table)
+    emit(table, args.into, mark)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from flashhead.tools.doc_tables import into
+from flashhead.tools.doc_tables import emit
 
 MARK = ("<!-- quantizations table: start -->", "<!-- quantizations table: end -->")
 
@@ -50,10 +50,7 @@ def main() -> None:
     ap.add_argument("--into", default=None, metavar="MD", help="replace the table between the markers of this file")
     args = ap.parse_args()
     table = render([json.loads(Path(f).read_text()) for f in args.json])
-    if args.into:
-        into(args.into, MARK, table)
-    else:
-        print(table)
+    emit(table, args.into, MARK)
 
 
 if __name__ == "__main__":

@@ -10,3 +10,11 @@ def into(path, mark: tuple[str, str], table: str) -> None:
     head, rest = doc.split(mark[0])
     _, tail = rest.split(mark[1])
     Path(path).write_text(f"{head}{mark[0]}\n{table}\n{mark[1]}{tail}")
+
+
+def emit(table: str, path=None, mark: tuple[str, str] | None = None) -> None:
+    """A script's table: into the doc at `path` between `mark`'s markers, else printed."""
+    if path:
+        into(path, mark, table)
+    else:
+        print(table)
