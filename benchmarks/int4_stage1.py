@@ -8,7 +8,7 @@ table is half the size, so more probes fit). Times, side by side in one run, col
 buffer written before each call), real hidden states (held-out text through the model): stage 1
 alone (torch's packed int8 kernel, torch's packed int4 kernel, the dequantizing int4 reference),
 then the dense head and both FlashHead heads' greedy step and full logits (flashhead.tools.bench.bench_head).
-Fidelity of the same two heads on the per-domain suite: `python benchmarks/suite_lab.py MODEL
+Fidelity of the same two heads on the per-domain suite: `python experiments/suite_lab.py MODEL
 --quantization int4` (docs/FIDELITY.md).
 """
 from __future__ import annotations

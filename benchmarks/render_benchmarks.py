@@ -36,7 +36,7 @@ for m in models:
     print(f"## {m}\n")
     print(f"Head {ev['vocab']} x {ev['hidden']} ({ev['dtype']}), {ev['clusters']} clusters x {ev['cluster_size']}, "
           f"stage 1 {ev['quantization']}. Build: `flashhead build {m} -o DIR`.\n")
-    print(f"### Fidelity (`flashhead eval DIR --probes ... --max-positions 4096 --prompts 8 --new-tokens 24`)\n")
+    print("### Fidelity (`flashhead eval DIR --probes ... --max-positions 4096 --prompts 8 --new-tokens 24`)\n")
     print(f"{ev['positions']} teacher-forced positions; generation_match = mean identical greedy prefix over "
           f"{ev['prompts']} prompts x {ev['results'][0].get('generation_tokens', '')} tokens.\n")
     print("| probes | top-1 agreement | top-5 contained | TV (T=1) | ppl dense | ppl FlashHead | generation match | rows scored | bytes read | bytes (bf16) |")
@@ -48,7 +48,7 @@ for m in models:
               f"{r.get('generation_match', float('nan')):.2f} | {r['rows_scored_fraction']:.4f} | {r['bytes_fraction']:.4f} | "
               f"{r['bytes_fraction_bf16']:.4f} |")
     print(f"\n![fidelity vs bytes](img/eval-{m}.png)\n")
-    print(f"### Speed (`flashhead bench DIR --batch 1,4,16,64,256 --repeats 20 --new-tokens 32 --decode-repeats 3`)\n")
+    print("### Speed (`flashhead bench DIR --batch 1,4,16,64,256 --repeats 20 --new-tokens 32 --decode-repeats 3`)\n")
     print(f"Probes {b['probes']} (the model's default), {b['dtype']} on {b['device']}. Head step: dense = logits "
           "`h @ W.T`; FlashHead = its full-vocabulary logits (what `generate()` consumes); greedy columns compare "
           "dense argmax with FlashHead's argmax-only path. Median of 20 runs after 3 warm-up runs; IQR = "
@@ -200,7 +200,7 @@ if int4:
     print("## int4 against int8 stage 1 at equal bytes (CPU, bf16 head, cold cache)\n")
     print("`python benchmarks/int4_stage1.py DIR --json docs/bench/int4-stage1-MODEL.json` (DIR: a default int8 "
           "build; the int4 head: the same clusters, the probes its smaller table leaves room for under the same "
-          "bytes cap). Fidelity of the same two heads per domain: docs/FIDELITY.md, \"int4 stage 1\".\n")
+          "bytes cap). Fidelity of the same two heads per domain: experiments/FINDINGS.md, \"int4 stage 1\".\n")
     print("| model | batch | P int8 / int4 | stage 1 ms int8 / int4 | greedy step ms int8 / int4 | logits step ms int8 / int4 | machine |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for f in int4:

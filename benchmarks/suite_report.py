@@ -1,4 +1,4 @@
-"""Markdown tables of docs/bench/suite-MODEL.json (benchmarks/suite_lab.py) for docs/FIDELITY.md.
+"""Markdown tables of docs/bench/suite-MODEL.json (experiments/suite_lab.py) for docs/FIDELITY.md.
 
     python benchmarks/suite_report.py smollm2-135m gemma-3-270m [--write docs/FIDELITY.md]
 

@@ -5,7 +5,7 @@ least an upper bound of every unprobed token's logit; an uncertified step would 
     python experiments/certified_bound.py MODEL --domain legal [--eval-positions 2048]
 
 The build is the leave-one-domain-out build of suite_lab.py (calibrated on every source but the
-domain; cached states of benchmarks/suite_data.py), scored on the domain's eval positions at its
+domain; cached states of experiments/suite_data.py), scored on the domain's eval positions at its
 default probes. Bound for an unprobed cluster k of stage-1 vector c_k (fp32) and token rows w_t:
     h.w_t = h.c_k + (A^-T h).(A (w_t - c_k)) <= h.c_k + |A^-T h| * max_t |A (w_t - c_k)|
 for any invertible A (Cauchy-Schwarz): A = I (`euclid`) and A = S^(1/2), S the second moment of the
@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))   # suite_data, suite_lab
 
 
 def bounds(w: torch.Tensor, assign: torch.Tensor, c: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:
@@ -52,7 +50,7 @@ def main():
     torch.set_num_threads(int(os.environ.get("FLASHHEAD_THREADS", "2")))
     data = load(a.model)
     if f"{a.domain}/eval_h" not in data:
-        raise SystemExit(f"no eval states of {a.domain!r} for {a.model}: run benchmarks/suite_data.py first")
+        raise SystemExit(f"no eval states of {a.domain!r} for {a.model}: run experiments/suite_data.py first")
     w = data["head"].float()
     sources = [d for d in DOMAINS if f"{d}/cal_h" in data and d != a.domain] + ["self"]
     index, held = fitted(a.model, data, sources)

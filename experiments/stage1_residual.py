@@ -7,19 +7,16 @@ of its residual (row minus its cluster's centroid; M subspaces, 16 codewords eac
 subspace, M/2 bytes per token), a cluster's score is its best member's approximate logit, and an
 unprobed token's estimate is its own approximate logit (below the best exact one). The codes are
 paid for with fewer probes at equal bytes (bf16). Each build is the leave-one-out build of
-benchmarks/suite_lab.py (cached): calibrated without the domain it is scored on. fp32 math
+experiments/suite_lab.py (cached): calibrated without the domain it is scored on. fp32 math
 throughout (no kernel: this measures the signal, not the speed).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))   # suite_data, suite_lab
 
 
 def pq_fit(x: torch.Tensor, m: int, k: int = 16, iters: int = 12, seed: int = 0):

@@ -21,12 +21,9 @@ every step, paid for by R/16 fewer probes.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))   # suite_data, suite_lab
 
 
 def main():

@@ -35,6 +35,9 @@ for m in $MODELS; do
     flashhead eval "$dir" --suite --prompts 0 --max-positions $n --json > "$RAW/suite-context-$m.json"
     [ "$m" != gemma-3-270m ] || flashhead eval "$dir" --languages --context-probes 0,$e --max-positions 1024 --json \
       > "$RAW/languages-$m.json"; }
+  # leave one domain out: a build per suite domain that never saw it, at the default's probes, with
+  # and without the context probes (benchmarks/left_out.py; ~25 minutes per model on 2 cores)
+  [ -n "${SKIP_EVAL:-}" ] || python benchmarks/left_out.py "$m" "$dir" --json "$RAW/left-out-$m.json"
   # beside llama.cpp's own quantizations of the same GGUF (SmolLM2: Gemma's package ships its
   # Q4_K_M only), the default build and one that never saw licences
   if [ "$m" = smollm2-135m ] && [ -z "${SKIP_EVAL:-}" ]; then
@@ -61,6 +64,8 @@ FLASHHEAD_DENSE_RULE=0 python benchmarks/amdahl.py --json "$RAW/amdahl.json" \
 [ -n "${SKIP_EVAL:-}" ] || { [ ! -f "$RAW/languages-gemma-3-270m.json" ] || python benchmarks/languages.py "$RAW/languages-gemma-3-270m.json" --into docs/FIDELITY.md
   python benchmarks/languages.py --into docs/FIDELITY.md --suite $(for m in $MODELS; do
     printf '%s=%s,%s ' "$m" "$RAW/suite-context-$m-e0.json" "$RAW/suite-context-$m.json"; done); }
+[ -n "${SKIP_EVAL:-}" ] || python benchmarks/left_out.py --into docs/FIDELITY.md --table $(for m in $MODELS; do
+  printf '%s ' "$RAW/left-out-$m.json"; done)
 python benchmarks/render_benchmarks.py $MODELS > docs/BENCHMARKS.md
 python benchmarks/llamacpp_tables.py --into docs/LLAMACPP.md
 echo "wrote docs/BENCHMARKS.md"

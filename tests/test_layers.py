@@ -108,3 +108,44 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [])
     assert not cycles, f"import cycles: {cycles}"
+
+
+# The package's own modules imported inside a function, outside cli/ (whose commands import what
+# they need when they run, so `flashhead --help` stays fast): each for a reason named here. A new
+# one fails the test: import at the top of the module instead, or add it with its reason.
+LAZY = {
+    ("", "tools.model"),                       # `flashhead.load`: the package root stays light
+    ("build", "tools.evaluate"),               # pointing up (KNOWN)
+    ("build", "integrations"),                 # pointing up (KNOWN)
+    ("core.index", ""),                        # __version__: the package root imports core
+    ("integrations.vllm", "integrations.vllm.models"),    # vLLM's plugin entry: vLLM loads it when it needs it
+    ("integrations.vllm", "integrations.vllm.logits"),
+    ("integrations.vllm.logits", "integrations.vllm.context"),
+    ("integrations.vllm.models", "integrations"),          # hf_auto: transformers, when vLLM asks
+    ("kernels.triton_path", "kernels"),        # triton_kernels: Triton, optional
+    ("serve", "serve.app"),                    # FastAPI, optional
+    ("tools.bench", "backends.llamacpp"),      # llama-cpp-python, optional
+    ("tools.evaluate", "backends.llamacpp"),
+    ("tools.evaluate", "backends.llamacpp_quantize"),
+    ("tools.model", "backends.llamacpp"),
+    ("tools.model", "integrations"),           # hf: transformers, only for that backend
+}
+
+
+def test_function_local_imports_have_a_reason():
+    found = set()
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "cli":
+            continue
+        module = ".".join(p for p in rel.with_suffix("").parts if p != "__init__")
+        pkg = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom) and node.level:
+                        base = pkg.split(".") if pkg else []
+                        base = base[:len(base) - (node.level - 1)]
+                        found.add((module, ".".join(base + ([node.module] if node.module else []))))
+    assert found - LAZY == set(), f"function-local imports without a reason: {sorted(found - LAZY)}"
+    assert LAZY - found == set(), f"gone, remove from LAZY: {sorted(LAZY - found)}"

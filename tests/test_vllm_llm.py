@@ -92,7 +92,7 @@ def test_default_probes_agree_on_most_prompts(flashhead_llm, dense_tokens):
     same = sum(a == b for a, b in zip(out, dense_tokens))
     # measured: 8/8 prompts identical over 16 greedy tokens with the 8-round build of P = 357, 5/8
     # with today's default (4 k-means rounds, P = 287; the same teacher-forced agreement within noise,
-    # docs/FIDELITY.md "Build time"). A whole 16-token continuation diverges after a single near-tie
+    # experiments/FINDINGS.md "Build time"). A whole 16-token continuation diverges after a single near-tie
     # flip, so this checks the text, not the fidelity (tests/test_fidelity.py does): at least half
     assert same >= 4, f"{same}/8 identical"
 

@@ -22,14 +22,18 @@ from pathlib import Path
 import torch
 
 from ..core.config import FlashHeadConfig, FlashHeadError
-from .fit import TARGET_AGREEMENT, fit_index
-from ..core.index import ASSETS_DIR
-from ..core.layout import CACHE_KEY, base_architecture, mark_config, read_config, read_head_weight
+from .fit import TARGET_AGREEMENT, dense_top1_rank, fit_index
+from ..core.index import ASSETS_DIR, JSON_FILE, TENSORS_FILE, fingerprint
+from ..core.layout import (CACHE_KEY, assets_dir, base_architecture, load_assets, mark_config, read_config, read_head_weight)
 from .sources import resolve
+from ..core.estimate import fit_offsets
+from ..core.head import FlashHead
+from ..data import corpus, hidden
+from ..data.chat import control_token_ids
 
 # The default calibration: every domain of the suite and the extra languages (their calibration
 # documents only) and the model's own samples, in equal shares. Measured (docs/FIDELITY.md,
-# benchmarks/suite_lab.py): a build calibrated on English prose alone kept 81.6% of SmolLM2's
+# experiments/suite_lab.py): a build calibrated on English prose alone kept 81.6% of SmolLM2's
 # greedy tokens on Russian and 95.0% on licences; one calibrated on the suite 100% and 97.9%, and
 # one that left a domain out still beat the prose-only build there (russian 99.0%, legal 95.6%,
 # with the model's own samples started from every kind of token in its vocabulary: kinds.py).
@@ -58,8 +62,6 @@ def _copy_model_files(src: Path, dst: Path) -> None:
 def calibration_sources(calibration) -> list:
     """The sources a calibration names: "self" (the model's own samples), corpus domains
     (corpus.DOMAINS; "fortunes" is "prose"), "suite" (every domain and self), or lists of texts."""
-    from ..data import corpus
-
     items = [calibration] if isinstance(calibration, str) else list(calibration or [])
     out = []
     for item in items:
@@ -89,7 +91,6 @@ def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: 
     `positions`, each text after text: "self" samples the model (hidden.sampled), a domain is
     teacher-forced on its calibration documents (corpus.py; never its eval documents), a list
     of texts (the user's files) likewise. Returns them and the model's tokenizer."""
-    from ..data import hidden
     from ..tools.evaluate import suite_texts
     from ..integrations import hf
 
@@ -120,8 +121,6 @@ def calibration_hidden(src: Path, weight: torch.Tensor, calibration, positions: 
 def end_tokens(src: Path, tokenizer) -> list[int]:
     """The tokens that end or frame a turn for this model: its EOS ids (config, generation config,
     tokenizer) and its chat template's control tokens (chat.control_token_ids)."""
-    from ..data.chat import control_token_ids
-
     ids = set(control_token_ids(tokenizer))
     for name in ("config.json", "generation_config.json"):
         path = Path(src) / name
@@ -215,12 +214,6 @@ def upgrade(model_dir, calibration=None, positions: int = UPGRADE_POSITIONS, pro
     held-out agreement), the always-exact end tokens and the estimate's per-token offsets fitted
     on calibration text. The published clusters and both tensors stay as they are."""
     from safetensors.torch import load_file
-
-    from ..core.estimate import fit_offsets
-    from .fit import dense_top1_rank
-    from ..core.head import FlashHead
-    from ..core.index import JSON_FILE, TENSORS_FILE, fingerprint
-    from ..core.layout import assets_dir, load_assets
 
     model_dir = Path(model_dir)
     folder = assets_dir(model_dir)

@@ -20,7 +20,7 @@ import torch
 # of one that holds 1 of probability mass. 1e-8 and 1e-6 measured alike, 1/V (2e-5) worse.
 USAGE_FLOOR = 1e-6
 # The usage statistic reads at most this many dense logits (positions x V), from positions spread
-# over every calibration source (`within`). Measured (benchmarks/build_recipe.py: fixed P, the
+# over every calibration source (`within`). Measured (experiments/build_recipe.py: fixed P, the
 # suite's eval documents, in-domain; docs/FIDELITY.md): SmolLM2 (V = 49,152) with 4,096 of its
 # 12,285 fit positions lost 1.4 points on legal text (97.9% -> 96.5%), so a small vocabulary reads
 # every position (2^30 / V = 21,845); Gemma-3-270M (V = 262,144) reads 4,096: the same agreement on

@@ -17,6 +17,9 @@ from .clustering import balanced_kmeans
 from ..core.config import FlashHeadConfig
 from ..core.head import FlashHead
 from ..core.index import ClusterIndex, fingerprint
+from ..core.estimate import FIT_LOGITS, FIT_POSITIONS, fit_offsets
+from ..core.metrics import cost
+from .calibrate import Calibration, query_transform, token_weights, within
 
 # Default probes: the smallest count reaching this greedy agreement on held-out calibration
 # positions, but never more than BYTES_BUDGET of the dense head's bytes (both served in bf16).
@@ -28,8 +31,6 @@ BYTES_BUDGET = 0.125
 
 def budget_probes(vocab: int, hidden: int, cluster_size: int, quantization: str, budget: float = BYTES_BUDGET) -> int:
     """The most probes whose step reads at most `budget` of the dense head's bytes (bf16)."""
-    from ..core.metrics import cost
-
     k = -(-vocab // cluster_size)
     lo, hi = 1, k
     while lo < hi:
@@ -80,8 +81,6 @@ def fit_clusters(weight: torch.Tensor, h: torch.Tensor, config: FlashHeadConfig,
                  progress: bool = False, usage_floor: float | None = None, shrink: float = 0.0) -> ClusterIndex:
     """Step 1 of fit_index: the clusters and their stage-1 vectors (config.probes as given);
     `shrink` pulls the metric toward the identity (calibrate.query_transform)."""
-    from .calibrate import Calibration, query_transform, token_weights
-
     t0 = time.perf_counter()
     cal = Calibration.from_hidden(weight, h)
     clustering = balanced_kmeans(weight, config.cluster_size, config.iterations, config.seed, device=device,
@@ -103,9 +102,6 @@ def fit_probes(index: ClusterIndex, weight: torch.Tensor, h: torch.Tensor, held_
        head reaches `target_agreement` on the hidden states `held_out`, capped at BYTES_BUDGET
        (else config.probes);
     3. the estimate's per-token offsets at those probes (estimate.py), from h."""
-    from .calibrate import within
-    from ..core.estimate import FIT_LOGITS, FIT_POSITIONS, fit_offsets
-
     config = index.config
     t1 = time.perf_counter()
     agreement = None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..core.cache import cache_root
 from ..core.config import FlashHeadError
+from ..core.layout import load_assets
 
 # alias -> (PyPI package, how to get its .gguf file)
 ALIASES = {
@@ -135,7 +136,6 @@ def gguf_of(model_dir, gguf=None) -> Path:
         if not path.is_file():
             raise FlashHeadError(f"{path}: no such GGUF file")
         return path
-    from ..core.layout import load_assets
 
     source = str(load_assets(Path(model_dir)).build.get("source", ""))
     if source in ALIASES:

@@ -104,7 +104,7 @@ def run(args):
         model.lm_head.flashhead.context_probes = args.context_probes[0]
     if not args.text:
         result = evaluate_suite(model, tok, args.domain or None, args.probes, args.max_positions, args.prompts,
-                                args.new_tokens, progress=not args.json)
+                                args.new_tokens, progress=True)
         if args.plot:
             plot_suite(result, args.plot)
         if args.json:
@@ -135,7 +135,7 @@ def _languages(args, model, tok):
     from ..tools.evaluate import evaluate_languages
 
     result = evaluate_languages(model, tok, contexts=args.context_probes,
-                                max_positions=min(args.max_positions, 1536), progress=not args.json)
+                                max_positions=min(args.max_positions, 1536), progress=True)
     if args.json:
         print(json.dumps(result))
         return
@@ -177,7 +177,7 @@ def _llamacpp(args):
                  context_probes=None if args.context_probes is None else args.context_probes[0])
     try:
         result = evaluate_backend(model, args.domain or None, args.probes, args.max_positions,
-                                  progress=not args.json, quantizations=kinds)
+                                  progress=True, quantizations=kinds)
     finally:
         model.close()
     if args.json:

@@ -37,7 +37,7 @@ class FlashHeadConfig:
     # "cosine" index may be unequal (cluster_size is the largest; shorter ones are padded).
     stage1: str = "mean"
     # Balanced k-means build parameters. Refinement rounds: 4 and 8 agree at equal probes on every
-    # eval domain within the noise (benchmarks/build_recipe.py; SmolLM2 P = 287: legal 97.75% vs
+    # eval domain within the noise (experiments/build_recipe.py; SmolLM2 P = 287: legal 97.75% vs
     # 97.88%, the rest within 0.1 point; docs/FIDELITY.md); rounds 5-8 cost Gemma-3-270M's build
     # ~45 s on 2 cores.
     iterations: int = 4

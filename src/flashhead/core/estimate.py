@@ -24,7 +24,7 @@ OFFSET_LIMIT = 10.0          # nats: |b_v| is clamped (a token's mass ratio of e
 # of the time (Gemma-3-270M: one pass over 4,096 positions reads 4,096 x 262,144 dense logits).
 FIT_POSITIONS = 4096
 # ... and at most this many dense logits (positions x vocabulary): SmolLM2 reads 4,096 positions,
-# Gemma-3-270M 2,048. Measured on a Gemma default build (benchmarks/offsets_positions.py; in-domain
+# Gemma-3-270M 2,048. Measured on a Gemma default build (experiments/offsets_positions.py; in-domain
 # eval, 1,024 positions; TV / ppl ratio): 4,096 positions german 0.0059 / 1.072, code 0.0032 /
 # 1.007; 2,048 german 0.0059 / 1.079, code 0.0032 / 1.008, in 23 s of the build instead of 47 (the
 # build stays under 5 minutes with the calibration's kinds of start, hidden.sampled).

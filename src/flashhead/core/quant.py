@@ -8,7 +8,7 @@ which merely rank clusters, are approximated. Symmetric scales:
           column, stored as q + 8)
 int4 with one scale per row ranked clusters worse than int8 even with the probes its smaller
 table buys at equal bytes (SmolLM2, 2026-11-30); with a scale per 64 columns it ranks like int8
-(SmolLM2) or better (Gemma-3-270M): docs/FIDELITY.md, "int4 stage 1".
+(SmolLM2) or better (Gemma-3-270M): experiments/FINDINGS.md, "int4 stage 1".
 """
 from __future__ import annotations
 

@@ -13,14 +13,14 @@ import json
 import torch
 
 from ..core.config import FlashHeadError
+from ..core.cache import cache_root
+from .corpus import _in_split, faq_questions
 
 ANSWER_TOKENS = 96
 _VERSION = 1   # bump when the rendering changes
 
 
 def _cache_path(model, split: str):
-    from ..core.cache import cache_root
-
     # keyed by the model's own head (a sample of its rows), not its path: a FlashHead directory and
     # the model it was built from give the same dense answers
     w = model.get_output_embeddings().weight.detach()
@@ -52,8 +52,6 @@ def control_token_ids(tokenizer) -> list[int]:
 def texts(model, tokenizer, split: str = "eval", batch: int = 8, progress: bool = False) -> list[str]:
     """Rendered dialogues (question + the model's greedy dense answer) of one split."""
     from tqdm.auto import tqdm
-
-    from .corpus import _in_split, faq_questions
 
     if not getattr(tokenizer, "chat_template", None):
         raise FlashHeadError("the chat domain needs a tokenizer with a chat template")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..core.config import FlashHeadError
+from .kinds import token_kinds
 
 
 def _head_weight(model) -> torch.Tensor:
@@ -68,8 +69,6 @@ def sampled(model, tokenizer, positions: int = 8192, batch: int = 64, length: in
     from, the last start token's included) and the drawn tokens [N], N = positions, sequence after
     sequence (so a split by position is, but for one sequence, a split by text)."""
     from tqdm.auto import tqdm
-
-    from .kinds import token_kinds
 
     body, weight = model.base_model, _head_weight(model)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

@@ -10,7 +10,7 @@ script and register the vocabulary was made for, not only the text the model wri
 whatever the user's language (docs/FIDELITY.md: a build that never saw Russian text agrees 99.0%
 on it with these starts, 89.5% with BOS starts; SmolLM2-135M).
 
-`accents=True` (an experiment, not the default: docs/FIDELITY.md, "Measured, not adopted") also
+`accents=True` (an experiment, not the default: experiments/FINDINGS.md, "Measured, not adopted") also
 splits Latin by the first letter beyond ASCII ("LATIN ü", "LATIN é", ...); a rare one stays "LATIN".
 """
 from __future__ import annotations

@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 
 from ..core.config import FlashHeadError
+from . import corpus
 
 GUIDE_DIR = Path("/usr/share/doc/installation-guide-amd64")
 PACKAGE = "installation-guide-amd64"
@@ -51,7 +52,6 @@ def texts(lang: str) -> list[str]:
     if lang not in LANGUAGES:
         raise FlashHeadError(f"unknown language {lang!r}: choose one of {', '.join(LANGUAGES)}")
     if lang == "bg":
-        from . import corpus
         return corpus.load("eval", "bulgarian") + corpus.load("calibration", "bulgarian")
     if not (GUIDE_DIR / lang).is_dir():
         raise FlashHeadError(f"no text at {GUIDE_DIR / lang}: install Debian's {PACKAGE} "

@@ -18,8 +18,10 @@ import shutil
 from pathlib import Path
 
 from ..core.config import FlashHeadError
-from ..core.layout import ARCH_PREFIX, BASE_TYPE_KEY, CACHE_KEY, TYPE_PREFIX
+from ..core.layout import (ARCH_PREFIX, BASE_TYPE_KEY, CACHE_KEY, PUBLISHED_PROBES, TYPE_PREFIX, assets_dir, load_assets)
 from .hf_head import FlashHeadLMHead, apply
+from ..build.model_card import write_section
+from ..core.index import ClusterIndex, JSON_FILE, TENSORS_FILE, check_fingerprint
 
 EAGER = ("llama", "gemma3_text", "qwen3")   # the families tested (Llama, Gemma3, Qwen3)
 PROBES_KEY = "flash_head_probes"   # as in the vLLM plugin: from_pretrained(dir, flash_head_probes=64)
@@ -62,9 +64,6 @@ def _dense_base(cls) -> type:
 
 
 def _from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-    from ..core.index import ClusterIndex
-    from ..core.layout import PUBLISHED_PROBES, load_assets
-
     probes = kwargs.pop(PROBES_KEY, None)
     arrange = kwargs.pop(ARRANGE_KEY, None)
     model = _dense_base(cls).from_pretrained.__func__(cls, pretrained_model_name_or_path, *args, **kwargs)
@@ -81,8 +80,6 @@ def _from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
 
 def _assets(path, config, kwargs) -> Path:
     """The directory's flash_head_assets/ (a local directory, or fetched from the Hub)."""
-    from ..core.index import JSON_FILE, TENSORS_FILE
-
     folder = getattr(config, CACHE_KEY, None)
     if folder is None:
         raise FlashHeadError(f"{path}: config has no {CACHE_KEY}: not a FlashHead model directory")
@@ -99,10 +96,6 @@ def _assets(path, config, kwargs) -> Path:
 def _save_pretrained(self, save_directory, *args, **kwargs):
     """The base's save_pretrained, then the assets (checked against the head being saved: a
     changed head invalidates them) and a FlashHead model-card section in README.md."""
-    from ..core.index import ClusterIndex, check_fingerprint
-    from ..core.layout import assets_dir
-    from ..build.model_card import write_section
-
     head, src = self.get_output_embeddings(), getattr(self, "_flash_head_assets", None)
     if not isinstance(head, FlashHeadLMHead) or src is None:
         raise FlashHeadError("save_pretrained: this model has no FlashHead (load it with "

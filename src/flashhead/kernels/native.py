@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..core.config import FlashHeadError
+from ..core.cache import cache_root
 
 SOURCES = [Path(__file__).with_name(n) for n in ("q8_0.c", "rows.c", "i8_stage1.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-lm"]
@@ -43,8 +44,6 @@ def build(sources: list[Path], name: str = "flashhead") -> ctypes.CDLL:
     """C sources compiled into one library (once per machine: the cache, keyed by the sources'
     hash, the compiler and the machine), then loaded. The kernels' library is `library()`; a
     backend may build its own small one the same way (backends/llamacpp.py's eval callback)."""
-    from ..core.cache import cache_root
-
     cc = _compiler()
     key = hashlib.sha256(b"".join(s.read_bytes() for s in sources) + " ".join([cc, *FLAGS, platform.machine(),
                                                          platform.node()]).encode()).hexdigest()[:16]

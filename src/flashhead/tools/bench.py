@@ -21,7 +21,18 @@ import torch
 
 from ..data import corpus
 from ..core import metrics
-from ..core.config import FlashHeadError
+from ..core.config import FlashHeadConfig, FlashHeadError
+from ..backends import choose
+from ..backends.transformers import TransformersBackend
+from ..build.clustering import balanced_kmeans
+from ..core.head import FlashHead
+from ..core.index import ClusterIndex, fingerprint
+from ..core.layout import load_assets
+from ..core.metrics import common_prefix
+from ..data.corpus import DOMAINS, LANGUAGES
+from ..data.hidden import teacher_forced
+from .generate import generate
+from .model import Model, load
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FLUSH_BYTES = 256 * 2**20   # > every last-level cache here (32 MB L3 on the CPU, 50-60 MB L2 on H100/H200)
@@ -136,9 +147,6 @@ def bench_decode(model, batches, new_tokens: int, repeats: int = 3, exact: bool 
     `reference`: another backend whose own dense decode is timed alongside (llama.cpp under its
     default settings), and the speedups against it. `audit`: the fast mode with the live audit
     (every N-th token also through the dense head) timed alongside: its cost and agreement."""
-    from .generate import generate
-    from ..core.metrics import common_prefix
-
     prompt = prompt or PROMPT
     modes = ["dense", "fast"] + (["exact"] if exact else []) + (["audit"] if audit else [])
     rows = []
@@ -207,11 +215,6 @@ def bench_random(vocab: int, hidden: int, batches=(1, 4, 16, 64), device: str = 
                  probes: int | None = None, repeats: int = 20) -> dict:
     """Head-level timing for a head of a given shape with random weights and random hidden states
     (timing only: the cost of a step does not depend on the values). Clustered with the real build."""
-    from ..build.clustering import balanced_kmeans
-    from ..core.config import FlashHeadConfig
-    from ..core.head import FlashHead
-    from ..core.index import ClusterIndex, fingerprint
-
     _check(batches, repeats, 1, device, dtype)
     gen = torch.Generator().manual_seed(0)
     weight = (torch.randn(vocab, hidden, generator=gen) / hidden ** 0.5).to(device=device, dtype=DTYPES[dtype])
@@ -248,8 +251,6 @@ def domain_prompt(domain: str, words: int = 48) -> str:
     """A decode benchmark's prompt from real text: the first `words` words of a suite domain's (or
     language's) eval documents (corpus.py), for scripts without spaces the first 2 x `words`
     characters."""
-    from ..data.corpus import DOMAINS, LANGUAGES
-
     if domain not in DOMAINS + LANGUAGES or domain == "chat":
         raise FlashHeadError(f"unknown domain {domain!r}: choose from "
                              f"{', '.join(d for d in DOMAINS + LANGUAGES if d != 'chat')}")
@@ -266,9 +267,6 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
     """Benchmarks of a FlashHead model directory -> one dict. transformers: the head alone (dense vs
     FlashHead on real hidden states, per batch size) and decode; llama.cpp: decode on the GGUF
     file against llama.cpp's own dense head, and the memory FlashHead adds."""
-    from ..backends import choose
-    from .model import load
-
     name = choose(backend)
     prompt = prompt or PROMPT
     _check(batches, repeats, new_tokens, device, dtype)
@@ -307,8 +305,6 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
                  max_sequences=max(decode_batches), context_probes=context_probes)
     hf_model, tok = model.backend.model, model.backend.tokenizer
     if device != "cpu":           # the backend takes its device from the model's weight
-        from ..backends.transformers import TransformersBackend
-        from .model import Model
 
         hf_model.to(device)
         model = Model(TransformersBackend(hf_model, tok, max(decode_batches)), hf_model.lm_head.flashhead, model_dir)
@@ -317,7 +313,6 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
     # real hidden states: held-out text through the model's body. A batch of a decode step holds
     # different sequences, so its rows are drawn across the texts (consecutive positions of one
     # text probe more of the same clusters, which would flatter the CPU kernel's shared gather).
-    from ..data.hidden import teacher_forced
 
     H, _ = teacher_forced(hf_model, tok, corpus.load("eval"), max_positions=max(4 * max(batches), 1024))
     H = H[torch.randperm(H.shape[0], generator=torch.Generator().manual_seed(0))]
@@ -334,7 +329,6 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
         out["prompt"], out["prompt_tokens"] = prompt, len(tok(prompt)["input_ids"])
         out["decode"] = bench_decode(model, decode_batches, new_tokens, decode_repeats, exact, prompt, audit=audit)
     if build:   # as recorded by `flashhead build` (calibration, clustering, probes; peak memory)
-        from ..core.layout import load_assets
 
         recorded = load_assets(model_dir).build
         out["build"] = {"seconds": recorded.get("seconds"), "peak_rss_mb": recorded.get("peak_rss_mb"),

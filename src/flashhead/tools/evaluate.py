@@ -19,6 +19,10 @@ from ..build.fit import dense_top1_rank, smallest_probes
 from ..data.hidden import positions, teacher_forced
 from ..kernels.step import pick
 from ..core.rows import as_rows
+from ..backends.transformers import TransformersBackend
+from ..core.layout import load_assets
+from ..data import chat, corpus, languages
+from .generate import generate
 
 
 def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targets: torch.Tensor,
@@ -93,8 +97,6 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
 
 def suite_texts(model, tokenizer, domain: str, split: str = "eval") -> list[str]:
     """Texts of one split of a suite domain (corpus.py); `chat` is answered by `model` (chat.py)."""
-    from ..data import chat, corpus
-
     if domain == "chat":
         return chat.texts(model, tokenizer, split)
     return corpus.load(split, domain)
@@ -103,9 +105,6 @@ def suite_texts(model, tokenizer, domain: str, split: str = "eval") -> list[str]
 def _generation_match(model, tokenizer, prompts: list[str], probes: list[int], new_tokens: int) -> dict:
     """Mean identical greedy prefix of FlashHead's generations against the dense head's, per probe
     count (the one decode loop, tools/engine.py, on the transformers backend)."""
-    from ..backends.transformers import TransformersBackend
-    from .generate import generate
-
     backend = TransformersBackend(model, tokenizer, max_sequences=len(prompts))
     head = model.lm_head.flashhead
     dense = generate(backend, None, prompts, max_new_tokens=new_tokens, mode="dense")["token_ids"]
@@ -153,8 +152,6 @@ def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: l
     """`evaluate` on the eval documents of every suite domain (corpus.SUITE), with the worst domain
     per metric. A domain the build calibrated on is marked `in_domain` (its numbers are then
     in-domain: another split of the same corpus); the worst is taken over the other domains."""
-    from ..data import chat, corpus
-
     head = model.lm_head.flashhead
     cal = head.build.get("calibration") or {}
     seen = set(cal.get("sources") or [])
@@ -163,9 +160,10 @@ def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: l
     if domains and "chat" in domains and not has_chat:
         raise FlashHeadError("the chat domain needs a model with a chat template; this tokenizer has none")
     out["skipped"] = [] if has_chat or domains else ["chat (no chat template: a base model)"]
-    for d in domains or [d for d in corpus.SUITE if d != "chat" or has_chat]:
-        if progress:
-            print(f"eval: {d}", flush=True)
+    from tqdm.auto import tqdm
+
+    names = domains or [d for d in corpus.SUITE if d != "chat" or has_chat]
+    for d in tqdm(names, desc="eval", unit="domain", disable=not progress):   # on stderr
         stop = chat.control_token_ids(tokenizer) if d == "chat" else None
         r = evaluate(model, tokenizer, suite_texts(model, tokenizer, d, "eval"), probes, max_positions,
                      prompts, new_tokens, stop_ids=stop)
@@ -248,8 +246,6 @@ def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] 
     (chat.py): `flashhead eval` without --backend measures it. `quantizations` (llama.cpp only,
     e.g. ["q8_0", "q4_k_m"]): llama.cpp's own quantizations of the GGUF on the same positions, in
     the same units, beside FlashHead (quantization_rows)."""
-    from ..data import corpus
-
     backend, head = model.backend, model.head
     probes = sorted(set(probes or [head.probes]))
     seen = set((head.build.get("calibration") or {}).get("sources") or [])
@@ -261,11 +257,12 @@ def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] 
         out["gguf"] = str(backend.path)
     elif quantizations:
         raise FlashHeadError("llama.cpp's quantizations are measured on the llama.cpp backend (--backend llamacpp)")
-    for d in domains or [d for d in corpus.SUITE if d != "chat"]:
+    from tqdm.auto import tqdm
+
+    for d in tqdm(domains or [d for d in corpus.SUITE if d != "chat"], desc=f"eval ({backend.name})", unit="domain",
+                  disable=not progress):
         if d == "chat":
             raise FlashHeadError("the chat domain is measured with `flashhead eval` on transformers only")
-        if progress:
-            print(f"eval ({backend.name}): {d}", flush=True)
         lists = backend_tokens(backend, corpus.load("eval", d), max_positions)
         H, targets, x, first = hidden_of(backend, lists, inputs=True)
         rows = evaluate_hidden(head, head.weight, H, targets, probes, inputs=(x, first))
@@ -282,8 +279,6 @@ def evaluate_languages(model, tokenizer, langs: list[str] | None = None, context
     probes, once per context budget in `contexts` (0: stage 1 alone; E: up to E of the P probes go
     to the clusters of the text so far, context.py), texts of up to `max_length` tokens. Every
     language is held out (no build calibrates on it)."""
-    from ..data import languages
-
     head = model.lm_head.flashhead
     contexts = sorted(set(contexts if contexts is not None else [0, head.context_probes]))
     for e in contexts:
@@ -291,20 +286,26 @@ def evaluate_languages(model, tokenizer, langs: list[str] | None = None, context
             raise FlashHeadError(f"a context budget lies in [0, probes = {head.probes}], got {e}")
     out = {"probes": head.probes, "contexts": contexts, "max_length": max_length, "languages": {}}
     saved = head.context_probes
+    from tqdm.auto import tqdm
+
+    names = langs or list(languages.LANGUAGES)
+    bar = tqdm(total=len(names) * (1 + len(contexts)), desc="languages check", unit="pass", disable=not progress)
     try:
-        for lang in langs or list(languages.LANGUAGES):
-            if progress:
-                print(f"languages: {lang}", flush=True)
+        for lang in names:
+            bar.set_postfix_str(lang)
             H, y, x, first = teacher_forced(model, tokenizer, languages.texts(lang), max_positions, max_length,
                                             inputs=True)
+            bar.update()                         # the model's pass over the text, then one per budget
             rows = []
             for e in contexts:
                 head.context_probes = e
                 rows += evaluate_hidden(head, model.lm_head.weight.detach(), H, y, [head.probes], inputs=(x, first))
+                bar.update()
             out["languages"][lang] = {"positions": int(H.shape[0]), "script": languages.SCRIPTS.get(lang, "Latin"),
                                       "results": rows}
     finally:
         head.context_probes = saved
+        bar.close()
     out["summary"] = {e: {"worst": min(r["results"][i]["top1_agreement"] for r in out["languages"].values()),
                           "mean": sum(r["results"][i]["top1_agreement"] for r in out["languages"].values())
                           / len(out["languages"]),
@@ -330,8 +331,6 @@ def worst_domains(domains: dict) -> dict:
 
 def set_default_probes(model_dir, probes: int) -> None:
     """Write `probes` as the default of a FlashHead model directory (flashhead.json)."""
-    from ..core.layout import load_assets
-
     index = load_assets(model_dir)
     index.config.probes = probes
     index.save(model_dir)

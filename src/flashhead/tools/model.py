@@ -18,6 +18,10 @@ import torch
 from ..backends import choose
 from ..core.config import FlashHeadError
 from .generate import generate
+from ..backends.transformers import TransformersBackend
+from ..build.sources import gguf_of
+from ..core.head import FlashHead
+from ..core.layout import load_assets
 
 
 class Model:
@@ -57,14 +61,10 @@ def load(model_dir, backend: str = "auto", gguf=None, probes: int | None = None,
 
 
 def _load(model_dir, backend, gguf, probes, arrange, n_ctx, threads, max_sequences, dense, dtype) -> Model:
-    from ..core.head import FlashHead
-    from ..core.layout import load_assets
-
     model_dir = Path(model_dir)
     name = choose(backend)
     if name == "llamacpp":
         from ..backends.llamacpp import LlamaCppBackend
-        from ..build.sources import gguf_of
 
         index = None if dense else load_assets(model_dir)        # fail fast, before the model load
         b = LlamaCppBackend(gguf_of(model_dir, gguf), n_ctx=n_ctx, threads=threads,
@@ -73,7 +73,6 @@ def _load(model_dir, backend, gguf, probes, arrange, n_ctx, threads, max_sequenc
         return Model(b, head, model_dir)
     if gguf is not None:
         raise FlashHeadError("--gguf names the llama.cpp backend's file: leave it out with transformers")
-    from ..backends.transformers import TransformersBackend
     from ..integrations import hf
 
     model, tok = hf.load(model_dir, dense=dense, probes=probes, dtype=dtype,

@@ -6,6 +6,8 @@ the LogitsProcessor (logits.py), keyed on the directory's config, not on the cla
 """
 from __future__ import annotations
 
+from ...core.layout import TYPE_PREFIX
+
 # FlashHead arch -> (vLLM module, vLLM class)
 BASES = {
     "FlashHeadLlamaForCausalLM": ("vllm.model_executor.models.llama", "LlamaForCausalLM"),
@@ -38,7 +40,6 @@ def register_model_types() -> None:
     """transformers' AutoConfig must map `flashhead_<base>` before vLLM reads config.json: the
     FlashHead config classes of the transformers integration (subclasses of the base configs)."""
     from .. import hf_auto
-    from ...core.layout import TYPE_PREFIX
 
     # vLLM refuses float16 for some base types (numerical instability: Gemma3), keyed by model_type:
     # the same refusal for their FlashHead types

@@ -1,6 +1,6 @@
-"""Per-domain fidelity experiments on cached hidden states (benchmarks/suite_data.py).
+"""Per-domain fidelity experiments on cached hidden states (experiments/suite_data.py).
 
-    python benchmarks/suite_lab.py MODEL [--variants fortunes self mix loo] [--json OUT]
+    python experiments/suite_lab.py MODEL [--variants fortunes self mix loo] [--json OUT]
 
 Each variant is a calibration: a set of sources whose calibration documents (and the model's own
 samples, `self`) fit a build with fit.fit_index, exactly as `flashhead build` does; it is then
@@ -19,14 +19,12 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 # the build recipe these rows come from (suite_report.py marks rows of earlier recipes)

@@ -1,22 +1,20 @@
 """The build's speed-ups against its fidelity: clusterings fitted with different refinement rounds
-and usage sample sizes on the same cached calibration states (benchmarks/suite_data.py), scored by
+and usage sample sizes on the same cached calibration states (experiments/suite_data.py), scored by
 the greedy agreement every probe count reaches on every domain's eval documents (in-domain: the
 default calibration covers every domain's calibration documents).
 
-    python benchmarks/build_recipe.py gemma-3-270m --variants 8:all 4:4096 8:4096 --probes 1093 1224 1312
+    python experiments/build_recipe.py gemma-3-270m --variants 8:all 4:4096 8:4096 --probes 1093 1224 1312
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main():

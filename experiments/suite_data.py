@@ -1,12 +1,12 @@
 """Hidden states of a real model on every domain of the suite, cached once per model.
 
-    python benchmarks/suite_data.py [smollm2-135m gemma-3-270m] [--eval 3072 --cal 4096 --self 16384]
+    python experiments/suite_data.py [smollm2-135m gemma-3-270m] [--eval 3072 --cal 4096 --self 16384]
 
 For each domain of corpus.DOMAINS and the chat domain (corpus.py, chat.py): `<domain>/eval_h`,
 `<domain>/eval_y` (held-out documents) and `<domain>/cal_h`, `<domain>/cal_y` (the calibration
 documents), teacher-forced through the real model (fp32); `self/cal_h` the model's own samples
 (hidden.sampled); `head` the output head [V, d]. Written to $FLASHHEAD_CACHE/suite/<model>.safetensors
-(default ~/.cache/flashhead/suite/). The experiments (benchmarks/suite_lab.py) read only this file.
+(default ~/.cache/flashhead/suite/). The experiments (experiments/suite_lab.py) read only this file.
 """
 from __future__ import annotations
 

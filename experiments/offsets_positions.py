@@ -1,8 +1,8 @@
 """The estimate offsets fitted on 4,096 vs 2,048 positions (estimate.FIT_LOGITS), in-domain eval.
 
-    python benchmarks/offsets_positions.py DIR    # DIR: a default `flashhead build gemma-3-270m` directory
+    python experiments/offsets_positions.py DIR    # DIR: a default `flashhead build gemma-3-270m` directory
 
-Calibration states: 1,365 positions of each suite source (benchmarks/suite_data.py's cache); eval:
+Calibration states: 1,365 positions of each suite source (experiments/suite_data.py's cache); eval:
 1,024 positions of german and code (in-domain for a default build). Prints agreement, TV, ppl ratio.
 """
 import sys
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main():
