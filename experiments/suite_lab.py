@@ -8,7 +8,7 @@ scored on the eval documents of every suite domain with the library's own step
 (evaluate.evaluate_hidden), at the build's own probe setting. `loo` = one build per suite domain
 X, calibrated on every source but X, scored on X: the out-of-domain number. `oracle:X` = the
 default sources plus X's eval positions themselves, scored on X: what the build could reach if it
-knew the text (an upper bound, docs/FIDELITY.md "What a build can reach"). Options change the
+knew the text (an upper bound, experiments/FINDINGS.md "What a build can reach"). Options change the
 recipe of every variant and name its rows (`--accents`, `--self-shares`, `--translations`,
 `--breadth`, `--shrink`, `--positions`: the total, so a source added on top keeps the others'
 shares); the drawing options are one `Recipe`, part of each cached build's name.

@@ -58,7 +58,7 @@ def test_breadth_languages_load_clean_and_split_by_document(domain):
 
 
 def test_translations_are_every_language_but_the_suites_and_split_by_catalog():
-    """The message catalogs of the installed packages (a breadth experiment, docs/FIDELITY.md):
+    """The message catalogs of the installed packages (a breadth experiment, experiments/FINDINGS.md):
     many languages and scripts, never German, Russian or English (the suite's scored languages), a
     catalog on one side of the split, read by our own .mo reader (the stdlib's fails on some)."""
     import re

@@ -1,6 +1,6 @@
-"""Markdown tables of docs/bench/suite-MODEL.json (experiments/suite_lab.py) for docs/FIDELITY.md.
+"""Markdown tables of docs/bench/suite-MODEL.json (experiments/suite_lab.py) for experiments/FINDINGS.md.
 
-    python benchmarks/suite_report.py smollm2-135m gemma-3-270m [--write docs/FIDELITY.md]
+    python experiments/suite_report.py smollm2-135m gemma-3-270m [--write experiments/FINDINGS.md]
 
 `--write` puts the tables in place in the doc: from its "### MODEL" heading of the first model to
 the next "## " heading.
@@ -149,7 +149,7 @@ if __name__ == "__main__":
     if "--write" in args:
         i = args.index("--write")
         if i + 1 >= len(args):
-            raise SystemExit("--write needs the doc's path (docs/FIDELITY.md)")
+            raise SystemExit("--write needs the doc's path (experiments/FINDINGS.md)")
         doc = Path(args[i + 1])
         del args[i:i + 2]
     models = args or ["smollm2-135m", "gemma-3-270m"]
