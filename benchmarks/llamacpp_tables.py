@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from flashhead.tools.doc_tables import into
+from flashhead.tools.doc_tables import emit
 
 MODELS = {"gemma-3-270m": ("Gemma-3-270M", "Q4_K_M"), "smollm2-135m": ("SmolLM2-135M", "Q4_1")}
 EXACT_MARK = ("<!-- exact table: start -->", "<!-- exact table: end -->")
@@ -67,11 +67,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--into", type=Path, help="write the tables between their markers in this doc")
     a = p.parse_args()
-    if a.into:
-        into(a.into, EXACT_MARK, exact_table())
-        into(a.into, SPEED_MARK, speed_table())
-    else:
-        print(exact_table(), speed_table(), sep="\n\n")
+    emit(exact_table(), a.into, EXACT_MARK)
+    emit(speed_table(), a.into, SPEED_MARK)
 
 
 if __name__ == "__main__":
