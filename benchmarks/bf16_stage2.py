@@ -52,7 +52,7 @@ def main():
                     t["native" if native else "fp32 copy"] = timeit(lambda: head(h), "cpu", 3, 30, flush)
                     t[("native" if native else "fp32 copy") + " stage 2"] = timeit(lambda: head.probe(h), "cpu", 3, 30, flush)
             ms = {k: statistics.median(v) * 1e3 for k, v in t.items()}
-            row = {"dir": d, "dtype": a.dtype, "machine": machine("cpu", 0.0), "vocab": w.shape[0], "hidden": w.shape[1], "probes": head.probes, "batch": b, **ms}
+            row = {"dir": d, "dtype": a.dtype, "machine": machine(), "vocab": w.shape[0], "hidden": w.shape[1], "probes": head.probes, "batch": b, **ms}
             rows.append(row)
             print(f"{Path(d).name} {a.dtype} V={w.shape[0]} P={head.probes} batch {b}: dense {ms['dense']:.2f} ms | "
                   f"FlashHead logits torch's ops {ms['fp32 copy']:.2f}, native {ms['native']:.2f} | "

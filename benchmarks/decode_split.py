@@ -59,7 +59,7 @@ def main() -> None:
                 head = statistics.mean(calls[1:]) * 1e3          # the decode steps' calls
                 if rep:                                          # the first run of each side warms up
                     runs[side].append({"step_ms": step, "head_ms": head, "body_ms": step - head})
-    out = {"dir": a.dir, "dtype": a.dtype, "tokens": a.tokens, "machine": machine("cpu", 0.0), "runs": runs}
+    out = {"dir": a.dir, "dtype": a.dtype, "tokens": a.tokens, "machine": machine(), "runs": runs}
     for side, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("step_ms", "head_ms", "body_ms")}
         out[side] = med

@@ -57,7 +57,7 @@ def measure(model: str, default_dir: Path, domains: list[str] | None, positions:
                                     inputs=(ids, first))
         report["domains"][x] = {"positions": int(H.shape[0]), "calibration": head.build["calibration"]["text"],
                                 "seconds": round(time.time() - t), "results": rows}
-        report["machine"] = machine("cpu", 0.0)
+        report["machine"] = machine()
         out.write_text(json.dumps(report, indent=1) + "\n")
         print(f"{model} without {x}: " + ", ".join(f"E={r['context_probes']} {r['top1_agreement']:.2%} "
                                                     f"KLD {r['kld_mean']:.3f}" for r in rows), flush=True)

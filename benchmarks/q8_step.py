@@ -17,6 +17,7 @@ import time
 import torch
 
 from flashhead.core.head import FlashHead
+from flashhead.tools.bench import machine
 from flashhead.backends.llamacpp import gguf_head
 from flashhead.kernels import native
 from flashhead.core.layout import load_assets
@@ -60,7 +61,7 @@ def main() -> None:
         "step_native_file_order": lambda: head.greedy(h),
     }
     result = {"model_dir": args.model_dir, "probes": head.probes, "rows": int(top.numel() * head.cluster_size),
-              "threads": threads, "ms": {}}
+              "threads": threads, "machine": machine(), "ms": {}}
     for name, fn in cases.items():
         result["ms"][name] = {"warm": timed(fn, args.repeats, None), "cold": timed(fn, args.repeats, flush)}
     head = FlashHead(in_file, load_assets(args.model_dir), arrange=True)

@@ -64,7 +64,7 @@ def main() -> None:
             "greedy_step_in_place": ms(lambda: inplace.greedy(h)), "logits_step_in_place": ms(lambda: inplace(h)),
             "dense": ms(lambda: torch.nn.functional.linear(h, w))})
     mb = utok.numel() * w.shape[1] * w.element_size() / 1e6
-    m = machine("cpu", 0.0)
+    m = machine()
     print(f"{args.dir}: P = {head.probes}, stage 2 reads {mb:.1f} MB of {args.dtype} rows, stage 1 "
           f"{head.stage1.nbytes(w.dtype) / 1e6:.1f} MB; {m['cpu']}, {threads} threads, load "
           f"{m['load_average'][0]:.1f}")

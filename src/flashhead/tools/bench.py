@@ -79,10 +79,14 @@ def bandwidth(device: str, mbytes: int = 256, repeats: int = 5) -> float:
     return 2 * n * 4 / best / 1e9
 
 
-def machine(device: str, bw: float) -> dict:
+def machine(device: str = "cpu", bw: float | None = None) -> dict:
+    """The host a number was measured on (its CPU's name and instruction set, threads, torch), and
+    the measured copy bandwidth where the benchmark measured it."""
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "device": device, "copy_bandwidth_gb_s": round(bw, 2)}
+            "cpu_count": os.cpu_count(), "device": device}
+    if bw is not None:
+        info["copy_bandwidth_gb_s"] = round(bw, 2)
     try:
         with open("/proc/cpuinfo") as f:
             lines = f.read().splitlines()
