@@ -34,7 +34,7 @@ def measure(model: str, default_dir: Path, domains: list[str] | None, positions:
     from flashhead.data.hidden import teacher_forced
     from flashhead.integrations import hf
     from flashhead.tools.bench import machine
-    from flashhead.tools.evaluate import evaluate_hidden, suite_texts
+    from flashhead.tools.evaluate import evaluate_contexts, suite_texts
 
     torch.set_num_threads(2)
     probes = load_assets(default_dir).config.probes
@@ -50,11 +50,8 @@ def measure(model: str, default_dir: Path, domains: list[str] | None, positions:
         head = lm.lm_head.flashhead
         stop = chat.control_token_ids(tok) if x == "chat" else None
         H, y, ids, first = teacher_forced(lm, tok, suite_texts(lm, tok, x, "eval"), positions, inputs=True)
-        rows = []
-        for e in (0, head.context_probes):      # off, then the default budget
-            head.context_probes = e
-            rows += evaluate_hidden(head, lm.lm_head.weight.detach(), H, y, [probes], stop_ids=stop,
-                                    inputs=(ids, first))
+        rows = evaluate_contexts(head, lm.lm_head.weight.detach(), H, y, (ids, first),
+                                 [0, head.context_probes], stop_ids=stop)     # off, then the default budget
         report["domains"][x] = {"positions": int(H.shape[0]), "calibration": head.build["calibration"]["text"],
                                 "seconds": round(time.time() - t), "results": rows}
         report["machine"] = machine()

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..core import metrics
 from ..core.config import FlashHeadError
@@ -95,6 +96,24 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
     return rows
 
 
+def evaluate_contexts(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targets: torch.Tensor,
+                      inputs: tuple, contexts: list[int], stop_ids: list[int] | None = None,
+                      done=None) -> list[dict]:
+    """evaluate_hidden at the head's probes once per context budget in `contexts` (0: stage 1
+    alone), on the same positions; the head's own budget is restored after. `done()` is called
+    after each budget (a progress bar's update)."""
+    saved, rows = head.context_probes, []
+    try:
+        for e in contexts:
+            head.context_probes = e
+            rows += evaluate_hidden(head, weight, H, targets, [head.probes], stop_ids=stop_ids, inputs=inputs)
+            if done is not None:
+                done()
+    finally:
+        head.context_probes = saved
+    return rows
+
+
 def suite_texts(model, tokenizer, domain: str, split: str = "eval") -> list[str]:
     """Texts of one split of a suite domain (corpus.py); `chat` is answered by `model` (chat.py)."""
     if domain == "chat":
@@ -160,8 +179,6 @@ def evaluate_suite(model, tokenizer, domains: list[str] | None = None, probes: l
     if domains and "chat" in domains and not has_chat:
         raise FlashHeadError("the chat domain needs a model with a chat template; this tokenizer has none")
     out["skipped"] = [] if has_chat or domains else ["chat (no chat template: a base model)"]
-    from tqdm.auto import tqdm
-
     names = domains or [d for d in corpus.SUITE if d != "chat" or has_chat]
     for d in tqdm(names, desc="eval", unit="domain", disable=not progress):   # on stderr
         stop = chat.control_token_ids(tokenizer) if d == "chat" else None
@@ -257,8 +274,6 @@ def evaluate_backend(model, domains: list[str] | None = None, probes: list[int] 
         out["gguf"] = str(backend.path)
     elif quantizations:
         raise FlashHeadError("llama.cpp's quantizations are measured on the llama.cpp backend (--backend llamacpp)")
-    from tqdm.auto import tqdm
-
     for d in tqdm(domains or [d for d in corpus.SUITE if d != "chat"], desc=f"eval ({backend.name})", unit="domain",
                   disable=not progress):
         if d == "chat":
@@ -285,27 +300,17 @@ def evaluate_languages(model, tokenizer, langs: list[str] | None = None, context
         if not 0 <= e <= head.probes:
             raise FlashHeadError(f"a context budget lies in [0, probes = {head.probes}], got {e}")
     out = {"probes": head.probes, "contexts": contexts, "max_length": max_length, "languages": {}}
-    saved = head.context_probes
-    from tqdm.auto import tqdm
-
     names = langs or list(languages.LANGUAGES)
-    bar = tqdm(total=len(names) * (1 + len(contexts)), desc="languages check", unit="pass", disable=not progress)
-    try:
+    with tqdm(total=len(names) * (1 + len(contexts)), desc="languages check", unit="pass", disable=not progress) as bar:
         for lang in names:
             bar.set_postfix_str(lang)
             H, y, x, first = teacher_forced(model, tokenizer, languages.texts(lang), max_positions, max_length,
                                             inputs=True)
             bar.update()                         # the model's pass over the text, then one per budget
-            rows = []
-            for e in contexts:
-                head.context_probes = e
-                rows += evaluate_hidden(head, model.lm_head.weight.detach(), H, y, [head.probes], inputs=(x, first))
-                bar.update()
+            rows = evaluate_contexts(head, model.lm_head.weight.detach(), H, y, (x, first), contexts,
+                                     done=bar.update)
             out["languages"][lang] = {"positions": int(H.shape[0]), "script": languages.SCRIPTS.get(lang, "Latin"),
                                       "results": rows}
-    finally:
-        head.context_probes = saved
-        bar.close()
     out["summary"] = {e: {"worst": min(r["results"][i]["top1_agreement"] for r in out["languages"].values()),
                           "mean": sum(r["results"][i]["top1_agreement"] for r in out["languages"].values())
                           / len(out["languages"]),
