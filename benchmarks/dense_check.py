@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -19,7 +18,7 @@ import torch
 
 from flashhead.backends import Entry
 from flashhead.backends.llamacpp import LlamaCppBackend
-from flashhead.tools.bench import PROMPT
+from flashhead.tools.bench import PROMPT, machine
 from flashhead.build.sources import gguf_of
 
 
@@ -66,7 +65,7 @@ def main() -> None:
                      "flashhead_logits_ms_per_position": 1e3 * ours_logits / k,
                      "llamacpp_head_ms_per_position": 1e3 * (llama_all - llama_body) / k})
         print(rows[-1], flush=True)
-    out = {"gguf": str(b.path), "machine": platform.processor() or platform.machine(), "threads": b.threads,
+    out = {"gguf": str(b.path), "machine": machine(), "threads": b.threads,
            "vocab": b.vocab, "hidden": b.hidden, "repeats": args.repeats, "rows": rows}
     b.close()
     if args.json:

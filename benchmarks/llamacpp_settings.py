@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 
 from flashhead.backends.llamacpp import LlamaCppBackend
-from flashhead.tools.bench import PROMPT, domain_prompt
+from flashhead.tools.bench import PROMPT, domain_prompt, machine
 from flashhead.build.sources import gguf_of
 from flashhead.tools.generate import generate
 
@@ -55,7 +54,7 @@ def main() -> None:
                 runs[name].append(r["decode_tokens_per_second"])
         for row in rows:
             row[f"dense_tok_s_batch{batch}"] = statistics.median(runs[row["setting"]])
-    out = {"gguf": str(gguf), "machine": platform.processor() or platform.machine(),
+    out = {"gguf": str(gguf), "machine": machine(),
            "threads": next(iter(backends.values())).threads, "new_tokens": args.new_tokens,
            "repeats": args.repeats, "rows": rows}
     for b in backends.values():

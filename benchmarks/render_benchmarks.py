@@ -6,6 +6,14 @@
 """
 import json, sys
 from pathlib import Path
+
+
+def where(m: dict) -> str:
+    """A row's host: CPU, instruction set, threads, load."""
+    isa = f" ({m['isa']})" if m.get("isa") else ""
+    return f"{m['cpu']}{isa}, {m['threads']} threads, load {m['load_average'][0]:.1f}"
+
+
 models = sys.argv[1:]
 first = json.load(open(f"docs/bench/bench-{models[0]}.json"))["machine"]
 print("# Benchmarks\n")
@@ -171,7 +179,7 @@ if amdahl.is_file():
           "(transformers: `flashhead.tools.bench.bench_head` on real hidden states; vLLM: timed inside the engine's "
           "worker as vLLM calls it); share = head / step; allowed = the model speedup the head's speedup allows "
           "if nothing else changes; efficiency = measured / allowed (asked: >= 90%). vLLM runs bf16, its CPU "
-          "default; on this AVX2 host torch's bf16 products are slow, so the body dominates vLLM's step.\n")
+          "default.\n")
     rows = json.loads(amdahl.read_text())
     print(f"Machine: {rows[0]['machine']}.\n")
     print(amdahl_table(rows))
@@ -194,7 +202,7 @@ if amdahl.is_file():
                   f"{spread['dense'][1]:.0f}) | {d['head_ms']:.2f} | {d['body_ms']:.1f} | {fl['step_ms']:.1f} "
                   f"({spread['flashhead'][0]:.0f}-{spread['flashhead'][1]:.0f}) | {fl['head_ms']:.2f} | "
                   f"{fl['body_ms']:.1f} | {fl['body_ms'] / d['body_ms']:.3f} | {b['speedup']:.2f}x | "
-                  f"{b['allowed']:.2f}x | {m['cpu']}, {m['threads']} threads, load {m['load_average'][0]:.1f} |")
+                  f"{b['allowed']:.2f}x | {where(m)} |")
         print()
 int4 = sorted(glob.glob("docs/bench/int4-stage1-*.json"))
 if int4:
@@ -214,25 +222,22 @@ if int4:
                   f"{s1['int8_packed_us'] / 1e3:.2f} / {s1['int4_packed_us'] / 1e3:.2f} | "
                   f"{a['flashhead_greedy_us'] / 1e3:.2f} / {c['flashhead_greedy_us'] / 1e3:.2f} | "
                   f"{a['flashhead_us'] / 1e3:.2f} / {c['flashhead_us'] / 1e3:.2f} | "
-                  f"{m['cpu']}, {m['threads']} threads, load {m['load_average'][0]:.1f} |")
+                  f"{where(m)} |")
     print()
 native = sorted(glob.glob("docs/bench/native-step-*.json"))
 if native:
     print("## CPU step: native kernels against torch's ops (logits step, cold cache)\n")
-    print("`python benchmarks/bf16_stage2.py SMOLLM2_DIR GEMMA_DIR --batch 1 4 16 --dtype DTYPE --json "
+    print("`python benchmarks/native_step.py SMOLLM2_DIR GEMMA_DIR --batch 1 4 16 --dtype DTYPE --json "
           "docs/bench/native-step-DTYPE.json` (default builds; torch's ops: the path without a C compiler; "
           "native: kernels/rows.c and i8_stage1.c, one summation order whatever the batch; docs/KERNELS.md, "
-          "\"One summation order for every batch\"). Rows without a machine field: the 2-core AMD EPYC "
-          "(AVX2, no AVX-512) of 2026-11-30, 2 threads.\n")
+          "\"One summation order for every batch\").\n")
     print("| head | dtype | batch | P | dense ms | torch's ops ms | native ms | native vs torch's ops | machine |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for f in native:
         for r in json.load(open(f)):
-            m = r.get("machine")
-            where = f"{m['cpu']}, {m['threads']} threads, load {m['load_average'][0]:.1f}" if m else "see above"
             print(f"| {Path(r['dir']).name} ({r['vocab']:,} x {r['hidden']}) | {r['dtype']} | {r['batch']} | "
                   f"{r['probes']:,} | {r['dense']:.2f} | {r['fp32 copy']:.2f} | {r['native']:.2f} | "
-                  f"{r['fp32 copy'] / r['native']:.2f}x | {where} |")
+                  f"{r['fp32 copy'] / r['native']:.2f}x | {where(r['machine'])} |")
     print()
 print("## GPU (eager calls; kernel-level numbers in docs/KERNELS.md)\n")
 print("Head-level only, on the GPU machine, random weights and random hidden states (timing does not depend "

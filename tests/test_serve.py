@@ -263,3 +263,22 @@ def test_incremental_text_is_the_whole_texts(local, smollm2_hf_dir):
             got = _text(ch, [t], detokenize, final=i == len(ids) - 1)
             assert detokenize(ids[:i + 1]).startswith(got)
         assert got == detokenize(ids)
+
+
+def test_worker_makes_the_model_in_its_thread_and_raises_its_error_here(tmp_path):
+    """The decode thread makes the model (serve/worker.py: stepped in another thread than the one
+    that made it, llama.cpp's decode ran ~30% slower); an error of the load reaches the caller as
+    itself, so `flashhead serve` prints its one line."""
+    from flashhead.core.config import FlashHeadError
+    from flashhead.serve.worker import Worker
+    from flashhead.tools.model import load
+
+    where = []
+
+    def failing():
+        where.append(threading.current_thread().name)
+        return load(tmp_path, "transformers")
+
+    with pytest.raises(FlashHeadError, match="not a model directory"):
+        Worker(failing)
+    assert where == ["flashhead-decode"]

@@ -62,7 +62,7 @@ def run(args):
     from pathlib import Path
 
     from ..core.config import FlashHeadError
-    from ..serve import serve
+    from ..serve import Worker, serve
     from ..tools.model import load
 
     for name in ("max_sequences", "n_ctx", "max_queue"):
@@ -73,17 +73,15 @@ def run(args):
     if not 0 <= args.port < 65536:
         raise FlashHeadError("need 0 <= --port < 65536")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    model = load(args.model_dir, args.backend, gguf=args.gguf, probes=args.probes, dense=args.dense,
-                 context_probes=args.context_probes,
-                 max_sequences=args.max_sequences, n_ctx=args.n_ctx, threads=args.threads)
+    worker = Worker(lambda: load(args.model_dir, args.backend, gguf=args.gguf, probes=args.probes,
+                                 dense=args.dense, context_probes=args.context_probes,
+                                 max_sequences=args.max_sequences, n_ctx=args.n_ctx, threads=args.threads),
+                    max_queue=args.max_queue, exact=args.exact, audit=args.audit)
+    model = worker.model
     name = args.served_model_name or Path(args.model_dir).resolve().name
     b = model.backend
     head = "dense head" if model.head is None else f"FlashHead (probes={model.head.probes}" \
         f"{', exact by default' if args.exact else ''})"
     print(f"flashhead serve: {name} on {b.name}, {head}, {b.max_sequences} sequences x {b.n_ctx} positions, "
           f"{b.threads} threads: http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-    try:
-        serve(model, args.host, args.port, model_name=name, max_queue=args.max_queue, exact=args.exact,
-              audit=args.audit, log_level=args.log_level)
-    finally:
-        model.close()
+    serve(worker, args.host, args.port, model_name=name, log_level=args.log_level)

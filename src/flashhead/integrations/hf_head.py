@@ -13,16 +13,9 @@ from ..core.dense_rule import DenseRule
 from ..core.head import FlashHead
 from ..core.index import ClusterIndex
 
-# The dense rule's crossover for transformers' dense head (fraction of V in stage-2 rows N*P*cs per
-# step; docs/KERNELS.md). CPU fp32 (the CPU kernel gathers each probed cluster once per batch):
-# logits 1.14x faster than dense at 7.4 V (SmolLM2, batch 64), 0.76x at 30 V; Gemma-3-270M 1.64x
-# at 8.0 V (batch 256) -> 8.0. CPU bf16 on a CPU with bf16 instructions (AVX512-BF16: torch's bf16
-# dense GEMM 2-5x faster than fp32; measured with stage 2 still copying rows to fp32): SmolLM2 1.57x
-# at 0.12 V, 0.76x at 0.23 V; Gemma-3-270M 1.91x at 0.12 V -> 0.125. CPU bf16 without them (AVX2:
-# the dense bf16 product converts as it goes; native bf16 stage 2, benchmarks/bf16_stage2.py):
-# SmolLM2 3.6x at 1.5 V (batch 16), Gemma-3-270M 3.4x at 1.2 V; larger batches not measured -> 1.5.
-# H200 bf16, eager, Llama-3.2-1B shape: logits 1.44x at 0.13 V, 0.92x at 0.5 V -> 0.25.
-CROSSOVER = {"cpu": 8.0, "cpu/bfloat16": 1.5, "cpu/bfloat16/avx512_bf16": 0.125, "cuda": 0.25}
+# The dense rule's crossover for transformers' dense head: the fraction of V in stage-2 rows
+# (N*P*cs) above which a step runs the dense head. The evidence per entry: docs/KERNELS.md, "Dense rule".
+CROSSOVER = {"cpu": 8.0, "cpu/bfloat16": 1.5, "cuda": 0.25}
 
 
 class FlashHeadLMHead(torch.nn.Module):

@@ -44,9 +44,7 @@ class CpuKernel:
         if own is not None:
             return own
         if st.bits == 8 and native.available():
-            # torch's arithmetic, the table read at the memory's rate (i8_stage1.c). Gemma-3-270M's
-            # 16,384 x 640 table, cold, ms, torch's kernel / this one: one thread 3.6 / 1.9 (batch 1),
-            # 22.0 / 10.9 (16), 86.3 / 50.7 (64); two threads 2.2 / 1.3, 11.0 / 6.6, 40.6 / 30.1
+            # torch's arithmetic in one pass over the table (i8_stage1.c; docs/KERNELS.md, "CPU")
             return native.i8_scores_bf16(st.q, st.scale_bf16, h, torch.get_num_threads())
         if st.bits == 8 and _INT8_MM is not None:
             return _INT8_MM(h.to(torch.bfloat16), st.q, st.scale_bf16).float()

@@ -8,11 +8,9 @@ import torch
 
 from . import native
 
-# torch's-ops stage 2 (no C compiler): gathered rows per chunk. Measured (Gemma-3-270M head, 8,144 rows, 2 threads, cold):
-# one gather + one product 4.7 ms; chunks of 128 / 256 / 512 / 1024 rows 4.3 / 3.7 / 3.4 / 3.4 ms.
+# torch's-ops stage 2 (no C compiler): gathered rows per chunk, and the batch from which
+# `rows @ h.T` beats `h @ rows.T` (both measured: experiments/FINDINGS.md, "The CPU kernel").
 CHUNK_ROWS = 1024
-# From this many positions on, `rows @ h.T` beats `h @ rows.T` (1,024 rows x 640, 2 threads, warm:
-# N=4 388 vs 132 us, N=8 390 vs 140 us, N=16 166 vs 223 us, N=64 468 vs 611 us).
 WIDE_BATCH = 16
 
 

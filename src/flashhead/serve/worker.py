@@ -7,6 +7,10 @@ queue, and admits them when the engine has a free sequence for each of their cho
 After each step it turns the sequences' new tokens into text deltas (stop strings cut, a text held
 back while it could still become one) and hands them to the job's handler through its asyncio
 queue. A cancelled job (its client went away) leaves at the next step and its caches are freed.
+
+The worker thread also makes the model (`Worker(load)`: `load()` runs there) and closes it at the
+end: made in the main thread and stepped in this one, llama.cpp's decode ran ~30% slower
+(docs/SERVE.md, "Speed and load").
 """
 from __future__ import annotations
 
@@ -67,27 +71,53 @@ class Job:
 
 
 class Worker:
-    def __init__(self, model, max_queue: int = 64, exact: bool = False, audit: int = 0, log_every: float = 30.0):
-        self.model, self.backend, self.max_queue, self.exact = model, model.backend, max_queue, exact
-        self.engine = Engine(self.backend, model.head, audit=audit)
+    def __init__(self, load, max_queue: int = 64, exact: bool = False, audit: int = 0, log_every: float = 30.0):
+        """`load()` returns the model (tools.model.Model); it runs in the decode thread, and an error
+        it raises is raised here."""
+        self.max_queue, self.exact, self.audit = max_queue, exact, audit
         self.log_every, self._logged = log_every, (time.time(), 0)
         self._inbox: queue.Queue = queue.Queue()
         self._waiting: list[Job] = []
         self._running: list[Job] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="flashhead-decode", daemon=True)
+        self._stop, self._go, self._made = threading.Event(), threading.Event(), threading.Event()
+        self._error: BaseException | None = None
         self.counters = {"requests": 0, "rejected": 0, "cancelled": 0, "finished": 0, "prompt_tokens": 0,
                          "generation_tokens": 0, "busy_seconds": 0.0}
+        self._thread = threading.Thread(target=self._run, args=(load,), name="flashhead-decode", daemon=True)
+        self._thread.start()
+        self._made.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
         self.started = time.time()
+
+    def _run(self, load) -> None:
+        try:
+            self.model = load()
+            self.backend = self.model.backend
+            self.engine = Engine(self.backend, self.model.head, audit=self.audit)
+        except BaseException as e:            # raised again by __init__, in the caller's thread
+            self._error = e
+            return
+        finally:
+            self._made.set()
+        try:
+            self._go.wait()
+            if not self._stop.is_set():
+                self.backend.reset()
+                self._loop()
+        finally:
+            self.model.close()
 
     # ---- called from the HTTP side -----------------------------------------------------------------
 
     def start(self) -> None:
-        self.backend.reset()
-        self._thread.start()
+        self._go.set()
 
     def stop(self) -> None:
+        """End the decode loop and close the model (also when the loop never started)."""
         self._stop.set()
+        self._go.set()
         self._thread.join(timeout=30)
 
     @property

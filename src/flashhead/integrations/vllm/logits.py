@@ -86,13 +86,7 @@ CONTEXT_KEY = "flash_head_context_probes"   # of the probes, the most for a requ
 AUDIT_KEY = "flash_head_audit"       # hf_overrides={AUDIT_KEY: N}: the dense head on every N-th call too
 ENV_ENABLED = "FLASHHEAD_ENABLED"
 # The dense rule's crossover against vLLM's dense head (fraction of V in stage-2 rows per step).
-# CPU bf16, end to end, the rule off (docs/VLLM.md). With bf16 instructions (AVX512-BF16, the earlier
-# host, stage 2 copying rows to fp32): Gemma-3-270M 1.11x at 0.25 V (batch 8), 1.12x at 0.50 V;
-# SmolLM2 1.00x at 0.23 V (batch 2), 0.84x at 0.46 V (batch 4) -> 0.25. Without (AVX2, native bf16
-# stage 2 on the rows in cluster order, one-pass int8 stage 1): Gemma-3-270M 1.66x / 1.75x / 1.91x
-# at 0.37 / 0.75 / 1.5 V (batch 4 / 8 / 16); SmolLM2 1.16x / 1.11x / 1.13x at the same fractions
-# -> 1.5 (batches past 16 not measured).
-# CUDA from the eager H200 head timings (docs/KERNELS.md), not measured inside vLLM.
+# The evidence per entry: docs/KERNELS.md, "Dense rule" (vLLM end to end: docs/VLLM.md).
 CROSSOVER = {"cpu": 0.25, "cpu/bfloat16": 1.5, "cpu/bfloat16/avx512_bf16": 0.25, "cuda": 0.25}
 
 
@@ -281,13 +275,15 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
 
 
 def counts(worker) -> dict:
-    """A vLLM worker's FlashHead counts: the live audit's and the calls with and without
-    per-request contexts. `LLM.collective_rpc(counts)` returns one dict per rank ({} where the model
-    has no FlashHead)."""
+    """A vLLM worker's FlashHead counts: the live audit's, the calls with and without per-request
+    contexts, and the dense rule's steps (`flashhead_steps`, `dense_steps`; absent before the first
+    call). `LLM.collective_rpc(counts)` returns one dict per rank ({} where the model has no
+    FlashHead)."""
     for m in worker.model_runner.get_model().modules():
         if isinstance(m, FlashHeadLogitsProcessor) and m._index is not None:
+            steps = m._head.rule.stats if m._head is not None else {}
             return dict(m.audit, every=m._audit_every, context_calls=m.context["with"],
-                        no_context_calls=m.context["without"])
+                        no_context_calls=m.context["without"], **steps)
     return {}
 
 

