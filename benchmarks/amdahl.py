@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -76,13 +75,11 @@ def vllm_rows(model: str, model_dir: str, base: str, tokens: int, probes: int) -
 
 
 def machine() -> str:
-    import torch
+    """The host in one line (flashhead.tools.bench.machine's fields)."""
+    from flashhead.tools.bench import machine as host
 
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                platform.machine())
-    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-    return f"{name}, {isa}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    m = host()
+    return f"{m['cpu']}, {m.get('isa', 'instruction set unknown')}, {m['threads']} threads, torch {m['torch']}"
 
 
 def finish(row: dict) -> dict:

@@ -92,12 +92,15 @@ class Worker:
         self.started = time.time()
 
     def _run(self, load) -> None:
+        model = None
         try:
-            self.model = load()
-            self.backend = self.model.backend
-            self.engine = Engine(self.backend, self.model.head, audit=self.audit)
+            self.model = model = load()
+            self.backend = model.backend
+            self.engine = Engine(self.backend, model.head, audit=self.audit)
         except BaseException as e:            # raised again by __init__, in the caller's thread
             self._error = e
+            if model is not None:
+                model.close()
             return
         finally:
             self._made.set()
