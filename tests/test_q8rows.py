@@ -76,3 +76,18 @@ def test_q8_fused_step_takes_the_context_as_the_reference_does():
     plain = cpu.probe(h)[1]
     assert torch.equal(plain[0], tok[0])                  # an empty context: stage 1 alone
     assert not torch.equal(plain[2:], tok[2:])
+
+
+@pytest.mark.parametrize("n", [1, 3, 16, 21, 37])
+def test_q8_dense_is_the_probed_dot_bit_for_bit(n):
+    """The dense head (verified decoding's check, q8_0.c fh_q8_dense: states by 16, then by two, then
+    an odd one alone where the CPU has AVX-512 VNNI; by up to 8 on AVX2) gives every logit the product
+    `dot` gives the same token, bit for bit, for every state of the batch; `dense_argmax` its argmax."""
+    g = torch.Generator().manual_seed(n)
+    v, d = 300, 96
+    rows = Q8Rows(_q8_blocks(torch.randn(v, d, generator=g)), d)
+    h = torch.randn(n, d, generator=g) * 3
+    z = rows.dense(h)
+    tok = torch.arange(v)
+    assert torch.equal(z, rows.dot_tokens(tok, h))
+    assert torch.equal(rows.dense_argmax(h), z.argmax(1))

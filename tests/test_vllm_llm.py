@@ -276,3 +276,23 @@ def test_context_probes_per_request_and_the_live_audit(smollm2_flashhead_dir, mo
     # exact: vLLM's fp32 body gives the transformers body's greedy tokens here (test above), and
     # measured 69 of 72 agreeing on both sides
     assert (after["checked"] - before["checked"], after["agreed"] - before["agreed"]) == (checked, agreed)
+
+
+def test_truncated_assets_refuse_to_load(smollm2_flashhead_dir, tmp_path):
+    """A truncated assets file: the engine does not start, and the error is the FlashHeadError that
+    names the file (in this process; tests/test_vllm_serve.py checks a server's exit on another
+    damage, the assets of another head)."""
+    import shutil
+
+    from vllm import LLM
+
+    d = shutil.copytree(smollm2_flashhead_dir, tmp_path / "corrupt")
+    cache = d / "flash_head_assets" / "clustering_cache.safetensors"
+    cache.write_bytes(cache.read_bytes()[:1000])
+    with pytest.raises(Exception) as e:
+        LLM(str(d), **ENGINE)
+    chain, err = [], e.value
+    while err is not None:                   # the FlashHeadError itself, or what vLLM wrapped it in
+        chain.append(f"{type(err).__name__}: {err}")
+        err = err.__cause__ or err.__context__
+    assert any(c.startswith("FlashHeadError") and str(cache) in c for c in chain), chain

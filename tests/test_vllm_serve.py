@@ -34,36 +34,25 @@ def _copy(src, dst):
     return dst
 
 
-def test_bad_assets_refuse_to_start(smollm2_flashhead_dir, smollm2_head, tmp_path):
-    """A truncated assets file, and the assets of another model of the same shape (the fingerprint
-    of a different head): each server exits with the FlashHeadError that names it. The two start
-    side by side (each mostly imports vLLM on one core)."""
+def test_other_models_assets_refuse_to_start(smollm2_flashhead_dir, smollm2_head, tmp_path):
+    """The assets of another model of the same shape (the fingerprint of a different head): the
+    server exits with the FlashHeadError that names it. (A truncated assets file, in one process:
+    tests/test_vllm_llm.py.)"""
     from flashhead.core.index import fingerprint
 
-    cases = {}
-    for damage in ("corrupt", "other_model"):
-        d = _copy(smollm2_flashhead_dir, tmp_path / damage)
-        if damage == "corrupt":
-            cache = d / "flash_head_assets" / "clustering_cache.safetensors"
-            cache.write_bytes(cache.read_bytes()[:1000])
-            expect = str(cache)
-        else:
-            meta = d / "flash_head_assets" / "flashhead.json"
-            m = json.loads(meta.read_text())
-            m["fingerprint"] = fingerprint(smollm2_head.roll(1, dims=0))
-            meta.write_text(json.dumps(m))
-            expect = f"{d / 'flash_head_assets'}: head weight fingerprint mismatch"
-        log_path = tmp_path / f"serve-{damage}.log"
-        log = open(log_path, "w")
+    d = _copy(smollm2_flashhead_dir, tmp_path / "other_model")
+    meta = d / "flash_head_assets" / "flashhead.json"
+    m = json.loads(meta.read_text())
+    m["fingerprint"] = fingerprint(smollm2_head.roll(1, dims=0))
+    meta.write_text(json.dumps(m))
+    expect = f"{d / 'flash_head_assets'}: head weight fingerprint mismatch"
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
         proc, port = _serve(d, log)
-        cases[damage] = (proc, port, log, log_path, expect)
-    try:
-        ready = {damage: _wait_ready(proc, port) for damage, (proc, port, *_) in cases.items()}
-    finally:
-        for proc, _, log, *_ in cases.values():
+        try:
+            ready = _wait_ready(proc, port)
+        finally:
             _stop(proc)
-            log.close()
-    for damage, (proc, _, _, log_path, expect) in cases.items():
-        text = log_path.read_text()
-        assert not ready[damage] and proc.returncode != 0, (damage, text[-3000:])
-        assert "FlashHeadError" in text and expect in text, (damage, text[-3000:])
+    text = log_path.read_text()
+    assert not ready and proc.returncode != 0, text[-3000:]
+    assert "FlashHeadError" in text and expect in text, text[-3000:]

@@ -85,7 +85,20 @@ def _greedy(model_dir, tp, **kw):
 
 @pytest.fixture(scope="module")
 def tp1_tokens(tiny_flashhead_dir):
-    return _greedy(tiny_flashhead_dir, 1)
+    """TP 1 with its engine core in this process (~10 s instead of ~33 s to start; the TP 2 engines
+    are vLLM's processes), on both cores; vLLM's CPU worker replaces `torch.set_num_threads` by a
+    no-op once it binds its threads: put back after."""
+    import os
+
+    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        mp.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
+        mp.setattr(torch, "set_num_threads", torch.set_num_threads)
+        out = _greedy(tiny_flashhead_dir, 1)
+    torch.set_num_threads(threads)
+    assert os.sched_getaffinity(0) == cores       # the later tests keep every core
+    return out
 
 
 def test_tp2_equals_tp1_and_runs_on_both_ranks(tiny_flashhead_dir, tp1_tokens, dense_tokens, capfd):

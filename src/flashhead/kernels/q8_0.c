@@ -297,10 +297,77 @@ void fh_q8_step(const int8_t *cq, const float *cscale, int64_t K, int64_t P,
 
 /* The dense head on Q8_0 rows: z[i, v] = row(v) . h_i for every row v < V and every state i < n,
    each row read once for all n states (verified decoding's check: K positions of every sequence
-   against the whole head in one pass). Per (row, state) the same operations in the same order as
-   row_dot, so a logit here equals, bit for bit, the one a FlashHead step computed for a probed token.
-   The states go in groups of up to 8 (their accumulators stay in registers); the row's absolute
-   values are taken once per block for the whole group. */
+   against the whole head in one pass). Per (row, state) the same integer block sums, the same fp32
+   operations in the same order as row_dot, so a logit here equals, bit for bit, the one a FlashHead
+   step computed for a probed token.
+
+   Two forms of the same arithmetic:
+   - AVX-512 VNNI (where the CPU has it). vpdpbusd multiplies unsigned by signed bytes, so h's int8
+     values go in offset by 128 (x ^ 0x80) and each sum starts at -128 * (the row's 4-byte sums):
+     each int32 lane is then the 4-product sum that the AVX2 form's maddubs + madd make, exactly
+     (integers, |lane| <= 4 * 127 * 127). States go by 16, one lane each (word l of the row block
+     broadcast to every lane: a block's eight int32 sums are eight registers, its scales one
+     product for the 16 states); the rest by two, one per half of a register.
+   - AVX2: states in groups of up to 8, the row's absolute values taken once per block.
+   Measured per position on Gemma-3-270M's head, 2 threads: docs/KERNELS.md, "The dense check". */
+typedef struct {
+    int64_t n, d, nb;
+    int8_t *qh;      /* [n, d] h quantized (quantize_h) */
+    float *sh;       /* [n, nb] its block scales */
+    int64_t groups;  /* VNNI: states 0 .. 16 * groups by 16 */
+    uint8_t *xt;     /*   [groups, nb, 8, 16, 4] h's bytes + 128: lane s of word l = state s's bytes 4l..4l+3 */
+    float *xst;      /*   [groups, nb, 16] their block scales */
+    int64_t pairs;   /* VNNI: the states after those by two (an odd count: the last pair's second is 0) */
+    uint8_t *xp;     /*   [pairs, nb, 64] h's bytes + 128, two states a block */
+    float *xsp;      /*   [pairs, nb, 16] their block scales, 8 lanes each */
+} dense_states;
+
+static void states_make(dense_states *st, const float *h, int64_t n, int64_t d) {
+    memset(st, 0, sizeof(*st));
+    st->n = n;
+    st->d = d;
+    st->nb = d / QK;
+    st->qh = malloc((size_t)(n * d));
+    st->sh = malloc((size_t)(n * st->nb) * sizeof(float));
+    for (int64_t i = 0; i < n; i++) quantize_h(h + i * d, d, st->qh + i * d, st->sh + i * st->nb);
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+    const int64_t nb = st->nb, groups = n / 16, first = 16 * groups, pairs = (n - first + 1) / 2;
+    st->groups = groups;
+    st->xt = malloc((size_t)(groups * nb * 512));
+    st->xst = malloc((size_t)(groups * nb * 16) * sizeof(float));
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t s = 0; s < 16; s++) {
+                const int64_t i = 16 * g + s;
+                st->xst[(g * nb + b) * 16 + s] = st->sh[i * nb + b];
+                for (int l = 0; l < 8; l++)
+                    for (int k = 0; k < 4; k++)
+                        st->xt[((g * nb + b) * 8 + l) * 64 + s * 4 + k] = (uint8_t)st->qh[i * d + b * QK + 4 * l + k] ^ 0x80;
+            }
+    st->pairs = pairs;
+    st->xp = malloc((size_t)(pairs * nb * 64));
+    st->xsp = malloc((size_t)(pairs * nb * 16) * sizeof(float));
+    for (int64_t p = 0; p < pairs; p++)
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t half = 0; half < 2; half++) {
+                const int64_t i = first + 2 * p + half;
+                uint8_t *x = st->xp + (p * nb + b) * 64 + half * QK;
+                float *xs = st->xsp + (p * nb + b) * 16 + half * 8;
+                for (int k = 0; k < QK; k++) x[k] = i < n ? (uint8_t)st->qh[i * d + b * QK + k] ^ 0x80 : 0x80;
+                for (int k = 0; k < 8; k++) xs[k] = i < n ? st->sh[i * nb + b] : 0.f;
+            }
+#endif
+}
+
+static void states_free(dense_states *st) {
+    free(st->qh);
+    free(st->sh);
+    free(st->xt);
+    free(st->xst);
+    free(st->xp);
+    free(st->xsp);
+}
+
 #if defined(__AVX2__) && defined(__FMA__)
 static inline float hsum_acc(__m256 acc) {
     __m128 r = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
@@ -308,6 +375,72 @@ static inline float hsum_acc(__m256 acc) {
     r = _mm_add_ss(r, _mm_movehdup_ps(r));
     return _mm_cvtss_f32(r);
 }
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define FH_DENSE_VNNI 1
+/* z[s * ldz] = row . h_s for 16 states */
+static inline void dense_16(const uint8_t *row, const uint8_t *xt, const float *xst, int64_t nb,
+                            float *z, int64_t ldz) {
+    __m512 acc[8];
+    for (int l = 0; l < 8; l++) acc[l] = _mm512_setzero_ps();
+    const __m256i c128 = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    int32_t start[8] __attribute__((aligned(32)));
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = row + b * BLOCK_BYTES;
+        uint16_t s16;
+        memcpy(&s16, blk, 2);
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
+        _mm256_store_si256((__m256i *)start, _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, c128, w)));
+        const __m512 sc = _mm512_mul_ps(_mm512_set1_ps(fp16_to_fp32(s16)), _mm512_loadu_ps(xst + b * 16));
+        const uint8_t *x = xt + b * 512;
+        for (int l = 0; l < 8; l++) {
+            int32_t wl;
+            memcpy(&wl, blk + 2 + 4 * l, 4);
+            const __m512i sum = _mm512_dpbusd_epi32(_mm512_set1_epi32(start[l]),
+                                                    _mm512_loadu_si512((const void *)(x + l * 64)),
+                                                    _mm512_set1_epi32(wl));
+            acc[l] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(sum), acc[l]);
+        }
+    }
+    /* hsum_acc's order over a state's eight lanes: ((4+0) + (6+2)) + ((5+1) + (7+3)) */
+    const __m512 e = _mm512_add_ps(_mm512_add_ps(acc[4], acc[0]), _mm512_add_ps(acc[6], acc[2]));
+    const __m512 f = _mm512_add_ps(_mm512_add_ps(acc[5], acc[1]), _mm512_add_ps(acc[7], acc[3]));
+    float out[16];
+    _mm512_storeu_ps(out, _mm512_add_ps(e, f));
+    for (int s = 0; s < 16; s++) z[s * ldz] = out[s];
+}
+
+/* z[s * ldz] = row . h_s for G pairs of states (2G states), a pair's in the two halves of a register */
+#define FH_DENSE_PAIRS(G)                                                                          \
+static inline void dense_pairs_##G(const uint8_t *row, const uint8_t *xp, const float *xsp,        \
+                                   int64_t nb, float *z, int64_t ldz) {                             \
+    __m512 acc[G];                                                                                   \
+    for (int j = 0; j < G; j++) acc[j] = _mm512_setzero_ps();                                        \
+    const __m512i zero = _mm512_setzero_si512(), c128 = _mm512_set1_epi8((char)0x80);                \
+    for (int64_t b = 0; b < nb; b++) {                                                               \
+        const uint8_t *blk = row + b * BLOCK_BYTES;                                                  \
+        uint16_t s16;                                                                                \
+        memcpy(&s16, blk, 2);                                                                        \
+        const __m512 sw = _mm512_set1_ps(fp16_to_fp32(s16));                                         \
+        const __m512i w = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 2)));    \
+        const __m512i start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, c128, w));            \
+        for (int j = 0; j < G; j++) {                                                                \
+            const __m512i x = _mm512_loadu_si512((const void *)(xp + (j * nb + b) * 64));            \
+            const __m512 sc = _mm512_mul_ps(sw, _mm512_loadu_ps(xsp + (j * nb + b) * 16));           \
+            acc[j] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, x, w)), acc[j]); \
+        }                                                                                            \
+    }                                                                                                \
+    for (int j = 0; j < G; j++) {                                                                    \
+        z[2 * j * ldz] = hsum_acc(_mm512_castps512_ps256(acc[j]));                                   \
+        z[(2 * j + 1) * ldz] =                                                                       \
+            hsum_acc(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1)));        \
+    }                                                                                                \
+}
+FH_DENSE_PAIRS(4)
+FH_DENSE_PAIRS(2)
+FH_DENSE_PAIRS(1)
+#elif defined(__AVX2__) && defined(__FMA__)
 #define FH_DENSE_GROUP(G)                                                                          \
 static inline void dense_group_##G(const uint8_t *row, const int8_t *x, const float *xs, int64_t d,  \
                                    int64_t nb, float *z, int64_t ldz) {                             \
@@ -336,26 +469,71 @@ FH_DENSE_GROUP(2)
 FH_DENSE_GROUP(1)
 #endif
 
+/* z[i * ldz + r] = row r . h_i for `count` rows from `rows` and every state i. With more states than
+   a group keeps in registers, the rows go by in chunks and each group of states passes over a chunk
+   (the chunk's rows stay in the cache, each group's bytes of h in L1). */
+#define DENSE_CHUNK 32
+static void dense_rows(const uint8_t *rows, int64_t row_bytes, int64_t count, const dense_states *st,
+                       float *z, int64_t ldz) {
+    const int64_t nb = st->nb, d = st->d;
+    int64_t i = 0;
+#if defined(FH_DENSE_VNNI)
+    for (int64_t g = 0; g < st->groups; g++)
+        for (int64_t r = 0; r < count; r++)
+            dense_16(rows + r * row_bytes, st->xt + g * nb * 512, st->xst + g * nb * 16, nb, z + 16 * g * ldz + r, ldz);
+    const int64_t first = 16 * st->groups, full = (st->n - first) / 2;   /* then by two */
+    float *zf = z + first * ldz;
+    for (int64_t p = 0; p < full;) {
+        const int64_t g = full - p >= 4 ? 4 : full - p >= 2 ? 2 : 1;
+        const uint8_t *xp = st->xp + p * nb * 64;
+        const float *xsp = st->xsp + p * nb * 16;
+        for (int64_t r = 0; r < count; r++) {
+            const uint8_t *row = rows + r * row_bytes;
+            if (g == 4) dense_pairs_4(row, xp, xsp, nb, zf + 2 * p * ldz + r, ldz);
+            else if (g == 2) dense_pairs_2(row, xp, xsp, nb, zf + 2 * p * ldz + r, ldz);
+            else dense_pairs_1(row, xp, xsp, nb, zf + 2 * p * ldz + r, ldz);
+        }
+        p += g;
+    }
+    if ((st->n - first) % 2)    /* an odd count: the last state alone */
+        for (int64_t r = 0; r < count; r++) {
+            float pad[2];
+            dense_pairs_1(rows + r * row_bytes, st->xp + full * nb * 64, st->xsp + full * nb * 16, nb, pad, 1);
+            zf[2 * full * ldz + r] = pad[0];
+        }
+    i = st->n;
+#elif defined(__AVX2__) && defined(__FMA__)
+    const int8_t *qh = st->qh;
+    const float *sh = st->sh;
+    while (i < st->n) {
+        const int64_t g = st->n - i >= 8 ? 8 : st->n - i >= 4 ? 4 : st->n - i >= 2 ? 2 : 1;
+        for (int64_t r = 0; r < count; r++) {
+            const uint8_t *row = rows + r * row_bytes;
+            float *zr = z + i * ldz + r;
+            if (g == 8) dense_group_8(row, qh + i * d, sh + i * nb, d, nb, zr, ldz);
+            else if (g == 4) dense_group_4(row, qh + i * d, sh + i * nb, d, nb, zr, ldz);
+            else if (g == 2) dense_group_2(row, qh + i * d, sh + i * nb, d, nb, zr, ldz);
+            else dense_group_1(row, qh + i * d, sh + i * nb, d, nb, zr, ldz);
+        }
+        i += g;
+    }
+#endif
+    for (; i < st->n; i++)
+        for (int64_t r = 0; r < count; r++)
+            z[i * ldz + r] = row_dot(rows + r * row_bytes, st->qh + i * d, st->sh + i * nb, nb);
+}
+
 void fh_q8_dense(const uint8_t *base, int64_t row_bytes, int64_t V, const float *h, int64_t n,
                  int64_t d, float *z, int32_t threads) {
-    const int64_t nb = d / QK;
-    int8_t *qh = malloc((size_t)(n * d));
-    float *sh = malloc((size_t)(n * nb) * sizeof(float));
-    for (int64_t i = 0; i < n; i++) quantize_h(h + i * d, d, qh + i * d, sh + i * nb);
-    #pragma omp parallel for schedule(static, 256) num_threads(threads)
-    for (int64_t v = 0; v < V; v++) {
-        const uint8_t *row = base + v * row_bytes;
-        int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-        for (; i + 8 <= n; i += 8) dense_group_8(row, qh + i * d, sh + i * nb, d, nb, z + i * V + v, V);
-        if (i + 4 <= n) { dense_group_4(row, qh + i * d, sh + i * nb, d, nb, z + i * V + v, V); i += 4; }
-        if (i + 2 <= n) { dense_group_2(row, qh + i * d, sh + i * nb, d, nb, z + i * V + v, V); i += 2; }
-        if (i < n) { dense_group_1(row, qh + i * d, sh + i * nb, d, nb, z + i * V + v, V); i += 1; }
-#endif
-        for (; i < n; i++) z[i * V + v] = row_dot(row, qh + i * d, sh + i * nb, nb);
+    dense_states st;
+    states_make(&st, h, n, d);
+    const int64_t chunks = (V + DENSE_CHUNK - 1) / DENSE_CHUNK;
+    #pragma omp parallel for schedule(static, 8) num_threads(threads)
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t v = c * DENSE_CHUNK, count = V - v < DENSE_CHUNK ? V - v : DENSE_CHUNK;
+        dense_rows(base + v * row_bytes, row_bytes, count, &st, z + v, V);
     }
-    free(qh);
-    free(sh);
+    states_free(&st);
 }
 
 /* The dense head's greedy tokens only: best[i] = the first v with the largest row(v) . h_i, and
@@ -364,33 +542,26 @@ void fh_q8_dense(const uint8_t *base, int64_t row_bytes, int64_t V, const float 
    then the threads' bests are merged (larger value; equal values: the lower token id, as argmax). */
 void fh_q8_dense_argmax(const uint8_t *base, int64_t row_bytes, int64_t V, const float *h, int64_t n,
                         int64_t d, int64_t *best, float *best_value, int32_t threads) {
-    const int64_t nb = d / QK;
-    int8_t *qh = malloc((size_t)(n * d));
-    float *sh = malloc((size_t)(n * nb) * sizeof(float));
+    dense_states st;
+    states_make(&st, h, n, d);
     for (int64_t i = 0; i < n; i++) {
-        quantize_h(h + i * d, d, qh + i * d, sh + i * nb);
         best[i] = -1;
         best_value[i] = -INFINITY;
     }
+    const int64_t chunks = (V + DENSE_CHUNK - 1) / DENSE_CHUNK;
     #pragma omp parallel num_threads(threads)
     {
-        float *z = malloc((size_t)n * sizeof(float));
+        float *z = malloc((size_t)(n * DENSE_CHUNK) * sizeof(float));
         float *bv = malloc((size_t)n * sizeof(float));
         int64_t *bi = malloc((size_t)n * sizeof(int64_t));
         for (int64_t i = 0; i < n; i++) { bv[i] = -INFINITY; bi[i] = -1; }
-        #pragma omp for schedule(static, 256)
-        for (int64_t v = 0; v < V; v++) {
-            const uint8_t *row = base + v * row_bytes;
-            int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-            for (; i + 8 <= n; i += 8) dense_group_8(row, qh + i * d, sh + i * nb, d, nb, z + i, 1);
-            if (i + 4 <= n) { dense_group_4(row, qh + i * d, sh + i * nb, d, nb, z + i, 1); i += 4; }
-            if (i + 2 <= n) { dense_group_2(row, qh + i * d, sh + i * nb, d, nb, z + i, 1); i += 2; }
-            if (i < n) { dense_group_1(row, qh + i * d, sh + i * nb, d, nb, z + i, 1); i += 1; }
-#endif
-            for (; i < n; i++) z[i] = row_dot(row, qh + i * d, sh + i * nb, nb);
-            for (i = 0; i < n; i++)
-                if (z[i] > bv[i]) { bv[i] = z[i]; bi[i] = v; }   /* rows ascend: ties keep the first */
+        #pragma omp for schedule(static, 8)
+        for (int64_t c = 0; c < chunks; c++) {
+            const int64_t v = c * DENSE_CHUNK, count = V - v < DENSE_CHUNK ? V - v : DENSE_CHUNK;
+            dense_rows(base + v * row_bytes, row_bytes, count, &st, z, DENSE_CHUNK);
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t r = 0; r < count; r++)   /* rows ascend: ties keep the first */
+                    if (z[i * DENSE_CHUNK + r] > bv[i]) { bv[i] = z[i * DENSE_CHUNK + r]; bi[i] = v + r; }
         }
         #pragma omp critical
         for (int64_t i = 0; i < n; i++)
@@ -402,8 +573,7 @@ void fh_q8_dense_argmax(const uint8_t *base, int64_t row_bytes, int64_t V, const
         free(bv);
         free(bi);
     }
-    free(qh);
-    free(sh);
+    states_free(&st);
 }
 
 void fh_q8_rows(const uint8_t *base, int64_t row_bytes, const int64_t *ids, int64_t R, int64_t d,
