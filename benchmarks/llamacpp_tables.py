@@ -1,10 +1,12 @@
 """docs/LLAMACPP.md's two tables (verified decoding; the fast mode's speed) from the raw JSON of
-`flashhead bench --backend llamacpp` that scripts/benchmarks.sh writes to docs/bench/.
+`flashhead bench --backend llamacpp` that scripts/benchmarks.sh writes to docs/bench/, and
+docs/KERNELS.md's table of the check's cost per position (benchmarks/dense_check.py's JSON).
 
-    python benchmarks/llamacpp_tables.py [--into docs/LLAMACPP.md]
+    python benchmarks/llamacpp_tables.py [--into docs/LLAMACPP.md] [--check-into docs/KERNELS.md]
 
-Rows: docs/bench/llamacpp-MODEL.json (the bench's English prompt, batches 1, 4, 8) and
-docs/bench/exact-MODEL-LANG.json (batch 1, a language no build calibrates on).
+Rows: docs/bench/llamacpp-MODEL.json (the bench's English prompt, batches 1, 4, 8),
+docs/bench/exact-MODEL-LANG.json (batch 1, a language no build calibrates on),
+docs/bench/dense-check-MODEL.json.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from flashhead.tools.doc_tables import emit
 MODELS = {"gemma-3-270m": ("Gemma-3-270M", "Q4_K_M"), "smollm2-135m": ("SmolLM2-135M", "Q4_1")}
 EXACT_MARK = ("<!-- exact table: start -->", "<!-- exact table: end -->")
 SPEED_MARK = ("<!-- speed table: start -->", "<!-- speed table: end -->")
+CHECK_MARK = ("<!-- dense check table: start -->", "<!-- dense check table: end -->")
 
 
 def _load(name: str):
@@ -63,12 +66,26 @@ def speed_table() -> str:
                      "vs llama.cpp's defaults", "free-head bound", "FlashHead head ms per step"], rows, 1)
 
 
+def check_table() -> str:
+    runs = {m: _load(f"dense-check-{m}") for m in MODELS}
+    runs = {m: {r["positions"]: r for r in b["rows"]} for m, b in runs.items() if b}
+    keys = ("flashhead_argmax_ms_per_position", "flashhead_logits_ms_per_position", "llamacpp_head_ms_per_position")
+    rows = []
+    for n in sorted({n for by in runs.values() for n in by}):
+        rows.append([str(n)] + [" / ".join(f"{by[n][k]:.2f}".replace("-", "−") for k in keys) if n in by else ""
+                                for by in runs.values()])
+    return markdown(["N"] + [f"{MODELS[m][0]}: argmax / logits / llama.cpp's head" for m in runs], rows, 0).replace(
+        "| ---: | ---: | ---: |", "| ---: | --- | --- |")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--into", type=Path, help="write the tables between their markers in this doc")
+    p.add_argument("--check-into", type=Path, help="write the dense check's table between its markers in this doc")
     a = p.parse_args()
     emit(exact_table(), a.into, EXACT_MARK)
     emit(speed_table(), a.into, SPEED_MARK)
+    emit(check_table(), a.check_into, CHECK_MARK)
 
 
 if __name__ == "__main__":

@@ -73,5 +73,5 @@ for m in $MODELS; do python benchmarks/int4_stage1.py "$WORK/$m-flashhead" --jso
 [ -n "${SKIP_EVAL:-}" ] || python benchmarks/left_out.py --into docs/FIDELITY.md --table $(for m in $MODELS; do
   printf '%s ' "$RAW/left-out-$m.json"; done)
 python benchmarks/render_benchmarks.py $MODELS > docs/BENCHMARKS.md
-python benchmarks/llamacpp_tables.py --into docs/LLAMACPP.md
+python benchmarks/llamacpp_tables.py --into docs/LLAMACPP.md --check-into docs/KERNELS.md
 echo "wrote docs/BENCHMARKS.md"

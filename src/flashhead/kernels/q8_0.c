@@ -478,6 +478,7 @@ static void dense_rows(const uint8_t *rows, int64_t row_bytes, int64_t count, co
     const int64_t nb = st->nb, d = st->d;
     int64_t i = 0;
 #if defined(FH_DENSE_VNNI)
+    if (st->n == 1) goto one;   /* one state: half a register would idle; row_dot's AVX2 form */
     for (int64_t g = 0; g < st->groups; g++)
         for (int64_t r = 0; r < count; r++)
             dense_16(rows + r * row_bytes, st->xt + g * nb * 512, st->xst + g * nb * 16, nb, z + 16 * g * ldz + r, ldz);
@@ -517,6 +518,9 @@ static void dense_rows(const uint8_t *rows, int64_t row_bytes, int64_t count, co
         }
         i += g;
     }
+#endif
+#if defined(FH_DENSE_VNNI)
+one:
 #endif
     for (; i < st->n; i++)
         for (int64_t r = 0; r < count; r++)
