@@ -74,8 +74,7 @@ def check_table() -> str:
     for n in sorted({n for by in runs.values() for n in by}):
         rows.append([str(n)] + [" / ".join(f"{by[n][k]:.2f}".replace("-", "−") for k in keys) if n in by else ""
                                 for by in runs.values()])
-    return markdown(["N"] + [f"{MODELS[m][0]}: argmax / logits / llama.cpp's head" for m in runs], rows, 0).replace(
-        "| ---: | ---: | ---: |", "| ---: | --- | --- |")
+    return markdown(["N"] + [f"{MODELS[m][0]}: argmax / logits / llama.cpp's head" for m in runs], rows, 0)
 
 
 def main():

@@ -322,6 +322,11 @@ typedef struct {
     float *xsp;      /*   [pairs, nb, 16] their block scales, 8 lanes each */
 } dense_states;
 
+/* byte k of state i's block b of quantized h, offset by 128 for vpdpbusd; a padding state's is 0 + 128 */
+static inline uint8_t offset_byte(const dense_states *st, int64_t i, int64_t b, int64_t k) {
+    return i < st->n ? (uint8_t)st->qh[i * st->d + b * QK + k] ^ 0x80 : 0x80;
+}
+
 static void states_make(dense_states *st, const float *h, int64_t n, int64_t d) {
     memset(st, 0, sizeof(*st));
     st->n = n;
@@ -342,7 +347,7 @@ static void states_make(dense_states *st, const float *h, int64_t n, int64_t d) 
                 st->xst[(g * nb + b) * 16 + s] = st->sh[i * nb + b];
                 for (int l = 0; l < 8; l++)
                     for (int k = 0; k < 4; k++)
-                        st->xt[((g * nb + b) * 8 + l) * 64 + s * 4 + k] = (uint8_t)st->qh[i * d + b * QK + 4 * l + k] ^ 0x80;
+                        st->xt[((g * nb + b) * 8 + l) * 64 + s * 4 + k] = offset_byte(st, i, b, 4 * l + k);
             }
     st->pairs = pairs;
     st->xp = malloc((size_t)(pairs * nb * 64));
@@ -353,7 +358,7 @@ static void states_make(dense_states *st, const float *h, int64_t n, int64_t d) 
                 const int64_t i = first + 2 * p + half;
                 uint8_t *x = st->xp + (p * nb + b) * 64 + half * QK;
                 float *xs = st->xsp + (p * nb + b) * 16 + half * 8;
-                for (int k = 0; k < QK; k++) x[k] = i < n ? (uint8_t)st->qh[i * d + b * QK + k] ^ 0x80 : 0x80;
+                for (int k = 0; k < QK; k++) x[k] = offset_byte(st, i, b, k);
                 for (int k = 0; k < 8; k++) xs[k] = i < n ? st->sh[i * nb + b] : 0.f;
             }
 #endif
@@ -473,12 +478,11 @@ FH_DENSE_GROUP(1)
    a group keeps in registers, the rows go by in chunks and each group of states passes over a chunk
    (the chunk's rows stay in the cache, each group's bytes of h in L1). */
 #define DENSE_CHUNK 32
-static void dense_rows(const uint8_t *rows, int64_t row_bytes, int64_t count, const dense_states *st,
-                       float *z, int64_t ldz) {
-    const int64_t nb = st->nb, d = st->d;
-    int64_t i = 0;
 #if defined(FH_DENSE_VNNI)
-    if (st->n == 1) goto one;   /* one state: half a register would idle; row_dot's AVX2 form */
+/* dense_rows for two or more states: by 16, then by two, then an odd one alone */
+static void dense_rows_vnni(const uint8_t *rows, int64_t row_bytes, int64_t count, const dense_states *st,
+                            float *z, int64_t ldz) {
+    const int64_t nb = st->nb;
     for (int64_t g = 0; g < st->groups; g++)
         for (int64_t r = 0; r < count; r++)
             dense_16(rows + r * row_bytes, st->xt + g * nb * 512, st->xst + g * nb * 16, nb, z + 16 * g * ldz + r, ldz);
@@ -502,7 +506,18 @@ static void dense_rows(const uint8_t *rows, int64_t row_bytes, int64_t count, co
             dense_pairs_1(rows + r * row_bytes, st->xp + full * nb * 64, st->xsp + full * nb * 16, nb, pad, 1);
             zf[2 * full * ldz + r] = pad[0];
         }
-    i = st->n;
+}
+#endif
+
+static void dense_rows(const uint8_t *rows, int64_t row_bytes, int64_t count, const dense_states *st,
+                       float *z, int64_t ldz) {
+    const int64_t nb = st->nb, d = st->d;
+    int64_t i = 0;
+#if defined(FH_DENSE_VNNI)
+    if (st->n > 1) {    /* one state: half a register would idle; row_dot's AVX2 form below */
+        dense_rows_vnni(rows, row_bytes, count, st, z, ldz);
+        i = st->n;
+    }
 #elif defined(__AVX2__) && defined(__FMA__)
     const int8_t *qh = st->qh;
     const float *sh = st->sh;
@@ -518,9 +533,6 @@ static void dense_rows(const uint8_t *rows, int64_t row_bytes, int64_t count, co
         }
         i += g;
     }
-#endif
-#if defined(FH_DENSE_VNNI)
-one:
 #endif
     for (; i < st->n; i++)
         for (int64_t r = 0; r < count; r++)
