@@ -9,7 +9,9 @@ default build's probes in DEFAULT_DIR, so every row reads the default's bytes), 
 $FLASHHEAD_CACHE/left-out/MODEL/without-X, then scored on X's eval documents (teacher-forced,
 `--max-positions` positions) with the context probes off (E = 0) and at the default budget E, on
 the same positions (a document's own prefix is its context, as in `flashhead eval`). Rows of
-domains not run this time are kept in the JSON.
+domains not run this time are kept in the JSON. `--next-clusters`: the same builds with each
+token's next clusters added (`flashhead upgrade DIR --next-clusters`, in without-X-next); the
+table of both: `python benchmarks/languages.py --next PLAIN.json NEXT.json --into docs/FIDELITY.md`.
 """
 from __future__ import annotations
 
@@ -23,11 +25,15 @@ MARK = ("<!-- left-out table: start -->", "<!-- left-out table: end -->")
 TARGET = {"gemma-3-270m": 0.995, "smollm2-135m": 0.99}
 
 
-def measure(model: str, default_dir: Path, domains: list[str] | None, positions: int, out: Path) -> None:
+def measure(model: str, default_dir: Path, domains: list[str] | None, positions: int, out: Path,
+            next_clusters: bool = False) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from flashhead.build import build, calibration_sources
+    import os
+    import shutil
+
+    from flashhead.build import add_next_clusters, build, calibration_sources
     from flashhead.core.cache import cache_root
     from flashhead.core.layout import load_assets
     from flashhead.data import chat, corpus
@@ -46,6 +52,13 @@ def measure(model: str, default_dir: Path, domains: list[str] | None, positions:
         t = time.time()
         if not (d / "config.json").is_file() or load_assets(d).config.probes != probes:
             build(model, d, calibration=[s for s in sources if s != x], probes=probes)
+        if next_clusters:
+            plain, d = d, d.with_name(d.name + "-next")
+            if not (d / "config.json").is_file() or load_assets(d).successors is None \
+                    or not torch.equal(load_assets(d).assignments, load_assets(plain).assignments):
+                shutil.rmtree(d, ignore_errors=True)
+                shutil.copytree(plain, d, copy_function=os.link)
+                add_next_clusters(d)
         lm, tok = hf.load(d)
         head = lm.lm_head.flashhead
         stop = chat.control_token_ids(tok) if x == "chat" else None
@@ -94,13 +107,14 @@ def main() -> None:
     ap.add_argument("--domains", nargs="+", default=None, help="suite domains to leave out (default: all)")
     ap.add_argument("--max-positions", type=int, default=2048, help="scored positions per domain (default %(default)s)")
     ap.add_argument("--json", type=Path, default=None, help="the rows, kept and updated (with a model)")
+    ap.add_argument("--next-clusters", action="store_true", help="score the builds with next clusters added")
     ap.add_argument("--table", nargs="+", type=Path, default=None, help="render these JSON files")
     ap.add_argument("--into", default=None, metavar="MD", help="replace the table between the markers of this file")
     a = ap.parse_args()
     if a.table:
         emit(render([json.loads(p.read_text()) for p in a.table]), a.into, MARK)
     elif a.model and a.default_dir and a.json:
-        measure(a.model, a.default_dir, a.domains, a.max_positions, a.json)
+        measure(a.model, a.default_dir, a.domains, a.max_positions, a.json, a.next_clusters)
     else:
         ap.error("give MODEL DEFAULT_DIR --json OUT, or --table JSON ...")
 

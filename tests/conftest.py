@@ -12,7 +12,8 @@ import torch
 # Keep test timings stable and the 2-core CI machine responsive.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-MODEL_FIXTURES = {"smollm2_hf_dir", "smollm2_flashhead_dir", "smollm2_head", "smollm2_published_dir"}
+MODEL_FIXTURES = {"smollm2_hf_dir", "smollm2_flashhead_dir", "smollm2_head", "smollm2_published_dir",
+                  "smollm2_next_dir"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,6 +45,18 @@ def smollm2_flashhead_dir(smollm2_hf_dir, tmp_path_factory) -> Path:
     from flashhead.build import build
 
     return build(smollm2_hf_dir, tmp_path_factory.mktemp("smollm2") / "smollm2-flashhead", progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_next_dir(smollm2_flashhead_dir, tmp_path_factory) -> Path:
+    """The same build with each token's next clusters (`flashhead upgrade DIR --next-clusters`)."""
+    import shutil
+
+    from flashhead.build import add_next_clusters
+
+    out = tmp_path_factory.mktemp("smollm2-next") / "smollm2-flashhead-next"
+    shutil.copytree(smollm2_flashhead_dir, out, copy_function=os.link)
+    return add_next_clusters(out, progress=False)
 
 
 @pytest.fixture(scope="session")

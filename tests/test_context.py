@@ -73,6 +73,43 @@ def test_context_masks_follow_the_tokens():
     assert torch.equal(r2, r[1:3])
 
 
+def test_next_clusters_join_a_step_only():
+    """A step's context is the held clusters and the next clusters of the token each row read last;
+    the held masks are not changed (the next clusters are for that step only)."""
+    from flashhead.core.context import with_next
+    _, head = _head(v=2000, probes=4)
+    succ = torch.randint(0, head.num_clusters, (2000, 3), generator=torch.Generator().manual_seed(1))
+    c = Context(head.assignments, head.num_clusters, succ)
+    held = torch.stack([c.of([5, 7]), c.of([9])])
+    keep = held.clone()
+    got = c.step(held, [7, 11])
+    assert torch.equal(held, keep)
+    for row, last in zip(range(2), (7, 11)):
+        want = set(keep[row].nonzero().squeeze(1).tolist()) | set(succ[last].tolist())
+        assert set(got[row].nonzero().squeeze(1).tolist()) == want
+    assert with_next(held, [7, 11], None) is held                     # a build without them
+    # every cluster probed: the next clusters change nothing; none reserved: nothing either
+    h = torch.randn(2, 48)
+    with head.flashhead_only(probes=head.num_clusters):
+        assert torch.equal(head.greedy(h, got), head.greedy(h, held))
+    head.context_probes = 0
+    assert torch.equal(head.greedy(h, got), head.greedy(h))
+
+
+def test_next_clusters_from_the_best_tokens_are_the_clusters_ranked_by_their_best_member():
+    """clusters_of on a state's tokens, best first, gives the clusters in the order of their best
+    member's logit (what build/successors.py stores); a row with fewer distinct clusters repeats."""
+    from flashhead.build.successors import clusters_of
+    g = torch.Generator().manual_seed(2)
+    a = torch.randperm(200, generator=g) % 20                      # 20 clusters of 10 tokens
+    logits = torch.randn(7, 200, generator=g)
+    best = torch.full((7, 20), float("-inf")).scatter_reduce(1, a.expand(7, -1), logits, "amax")
+    got = clusters_of(logits.argsort(1, descending=True), a, count=8, chunk=3)
+    assert torch.equal(got, best.topk(8, 1).indices)
+    few = clusters_of(torch.tensor([[0, 0, 1]]), torch.tensor([4, 2]), count=3)
+    assert few.tolist() == [[4, 2, 4]]
+
+
 def test_bad_context_is_a_clear_error():
     _, head = _head(v=2000, probes=4)
     head.context_probes = 2

@@ -54,6 +54,20 @@ def test_bad_offsets(assets, bad, match):
         ClusterIndex.load(assets)
 
 
+def test_next_clusters_round_trip_and_bad_ones(assets):
+    index = ClusterIndex.load(assets)
+    assert index.successors is None                 # builds without them load as before
+    nxt = torch.randint(0, 64, (1024, 5))
+    index.successors = nxt
+    index.save(assets.parent)
+    assert torch.equal(ClusterIndex.load(assets).successors, nxt)
+    assert load_file(str(assets / TENSORS_FILE))["next_clusters"].dtype == torch.int32
+    for bad in (torch.randint(0, 64, (1000, 5)), torch.full((1024, 5), 64), torch.zeros(1024, 0)):
+        _edit_tensors(assets, next_clusters=bad.to(torch.int32))
+        with pytest.raises(FlashHeadError, match=r"next_clusters must be \[1024, m\] cluster ids in \[0, 64\)"):
+            ClusterIndex.load(assets)
+
+
 def test_published_layout_with_leading_singleton_dims(assets):
     t = load_file(str(assets / TENSORS_FILE))
     _edit_tensors(assets, centroids=t["centroids"].unsqueeze(0))   # [1, d, K]

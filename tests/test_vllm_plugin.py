@@ -4,6 +4,7 @@ import sys
 from importlib.metadata import entry_points
 
 import pytest
+import torch
 
 
 def test_import_does_not_import_vllm_or_cuda():
@@ -92,6 +93,24 @@ def test_request_contexts_follow_the_batch():
     c.update_state(BatchUpdate(2, removed=[1], added=[], moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)]))
     assert c.masks(2).tolist() == [[False, False, False, True], [True, False, False, False]]
     assert c.masks(3) is None          # rows that are not one per request: no contexts
+
+
+def test_request_contexts_add_the_next_clusters_of_each_rows_last_token():
+    """With a build's next clusters each row's mask also holds those of the token its request read
+    last (its latest output, else its prompt's last), for that call only; a placeholder (-1) adds none."""
+    pytest.importorskip("vllm")
+    from vllm.v1.sample.logits_processor.interface import BatchUpdate
+
+    c, _ = _contexts()
+    c.bind(torch.arange(8) // 2, 4, torch.tensor([[3], [3], [2], [2], [0], [1], [2], [0]]))
+    a_out, b_out = [], []
+    c.update_state(BatchUpdate(2, removed=[], added=[(0, None, [0], a_out), (1, None, [2, 4], b_out)], moved=[]))
+    # a holds cluster 0 and read 0 (next: 3); b holds 1, 2 and read 4 (next: 0)
+    assert c.masks(2).tolist() == [[True, False, False, True], [True, True, True, False]]
+    a_out.append(6)                    # a read 6: holds 0, 3, next 2
+    b_out.append(-1)                   # b's token not known yet: no next clusters this call
+    assert c.masks(2).tolist() == [[True, False, True, True], [False, True, True, False]]
+    assert c.table[:2].tolist() == [[True, False, False, True], [False, True, True, False]]   # held only
 
 
 def test_request_contexts_load_under_model_runner_v2_and_do_nothing():

@@ -140,7 +140,7 @@ def split_held_out(hs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool = True,
           device: str | None = None, calibration=None,
           positions: int = CALIBRATION_POSITIONS, target_agreement: float = TARGET_AGREEMENT,
-          probes: int | None = None) -> Path:
+          probes: int | None = None, next_clusters: bool = False) -> Path:
     """Write a FlashHead model directory for `source` into `out_dir`; returns `out_dir`.
 
     1. calibrate: `positions` hidden states of the model on `calibration` (calibration_hidden;
@@ -149,7 +149,8 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     3. probes: `probes` if given, else the smallest count whose greedy agreement with the dense
        head reaches `target_agreement` on the last quarter of the calibration text, held out
        from 2 and 4 (whole texts: positions of one text are too alike to test each other);
-    4. estimate: per-token offsets for the full-vocabulary logits (estimate.py).
+    4. estimate: per-token offsets for the full-vocabulary logits (estimate.py);
+    5. with `next_clusters`: each token's next clusters for the context (successors.py).
     """
     config = config or FlashHeadConfig()
     sources = calibration_sources(DEFAULT_CALIBRATION if calibration is None else calibration)
@@ -198,7 +199,30 @@ def build(source, out_dir, config: FlashHeadConfig | None = None, progress: bool
     index.save(out)
     model_config = mark_config(model_config, arch)
     (out / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
+    if next_clusters:
+        add_next_clusters(out, progress=progress, device=device)
     return out
+
+
+def add_next_clusters(model_dir, progress: bool = True, device: str | None = None) -> Path:
+    """Add each token's next clusters (successors.py) to a FlashHead directory's assets, in place
+    (the tensors file replaced atomically; the clusters, probes and offsets kept). The seconds it
+    took go into the build record."""
+    from ..integrations import hf
+    from .successors import cached_next_tokens, clusters_of
+
+    model_dir = Path(model_dir)
+    if not (assets_dir(model_dir) / JSON_FILE).is_file():
+        raise FlashHeadError(f"{model_dir}: a published-layout directory; run `flashhead upgrade` on it first")
+    index = load_assets(model_dir)
+    t0 = time.perf_counter()
+    model, tok = hf.load(model_dir, dense=True, device=device)
+    index.successors = clusters_of(cached_next_tokens(model_dir, model, tok, progress), index.assignments)
+    index.build = {**index.build, "next_clusters": {"per_token": index.successors.shape[1],
+                                                   "seconds": round(time.perf_counter() - t0, 1)}}
+    index.validate("next clusters")
+    index.save(model_dir, assets=assets_dir(model_dir).name)
+    return model_dir
 
 
 def _peak_rss_mb() -> float:

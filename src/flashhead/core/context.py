@@ -7,10 +7,16 @@ sequence's context is a [K] bool over the head's clusters, set for each token it
 passes the [N, K] masks of its positions to the head, and up to `context_probes` of the P probes go
 to the context's best-scored clusters (kernels/step.py `rank`): the same bytes per step.
 
-    ctx = Context(head.assignments, head.num_clusters)
+A build may also store each token's next clusters (build/successors.py: where the model's next
+token lies after that token alone); then a step's context is the sequence's clusters and the next
+clusters of the token it has just read (`step`), for that step only.
+
+    ctx = Context(head.assignments, head.num_clusters, head.successors)
     mask = ctx.of(prompt_ids)             # [K] bool, one sequence
     ctx.add(mask, new_ids)                # as tokens arrive
-    running(head.assignments, K, inputs, first)   # [N, K]: teacher-forced text, position by position
+    masks = ctx.step(torch.stack(held), last_ids)   # [N, K]: a step's contexts, with next clusters
+    held = running(head.assignments, K, inputs, first)   # [N, K]: teacher-forced, position by position
+    masks = with_next(held, inputs, head.successors)
 """
 from __future__ import annotations
 
@@ -21,16 +27,33 @@ import torch
 SHARE = 0.125
 
 
+# Next clusters a step adds for the token it has just read: one per NEXT_PER of the context budget
+# E (they compete for the same E probes; too many crowd out the held clusters at a small E:
+# docs/FIDELITY.md, "Next clusters").
+NEXT_PER = 6
+
+
 def default_for(probes: int) -> int:
     """The default context budget E at P probes."""
     return int(round(SHARE * probes))
 
 
-class Context:
-    """Makes and updates the per-sequence masks of one head (its token -> cluster table)."""
+def next_count(context_probes: int, stored: int) -> int:
+    """How many of a token's `stored` next clusters a step uses at context budget E."""
+    return min(stored, context_probes // NEXT_PER)
 
-    def __init__(self, assignments: torch.Tensor, num_clusters: int):
-        self.assignments, self.num_clusters = assignments, num_clusters
+
+class Context:
+    """Makes and updates the per-sequence masks of one head (its token -> cluster table, and its
+    next clusters per token if the build has them)."""
+
+    def __init__(self, assignments: torch.Tensor, num_clusters: int, successors: torch.Tensor | None = None):
+        self.assignments, self.num_clusters, self.successors = assignments, num_clusters, successors
+
+    def step(self, masks: torch.Tensor, last) -> torch.Tensor:
+        """A step's contexts: `masks` [N, K] the sequences' held clusters, `last` [N] the token each
+        has just read -> [N, K] with the next clusters of `last` set (a new tensor; `masks` kept)."""
+        return with_next(masks, last, self.successors)
 
     def of(self, ids) -> torch.Tensor:
         """The [K] bool mask of the clusters of token ids `ids`."""
@@ -45,12 +68,24 @@ class Context:
         return mask
 
 
+def with_next(masks: torch.Tensor, last, successors: torch.Tensor | None) -> torch.Tensor:
+    """masks [N, K] bool, last [N] token ids -> masks with each row's next clusters of its token set
+    (successors [V, m]; None: masks as they are, no copy)."""
+    if successors is None:
+        return masks
+    last = torch.as_tensor(last, dtype=torch.int64, device=successors.device).reshape(-1)
+    out = masks.clone()
+    out.scatter_(1, successors[last].to(out.device), True)
+    return out
+
+
 def running(assignments: torch.Tensor, num_clusters: int, inputs: torch.Tensor, first: torch.Tensor,
             carry: torch.Tensor | None = None) -> torch.Tensor:
-    """Teacher-forced positions: the context at each position [N, K] bool, the clusters of the
-    tokens its text holds so far (its own input token included). `inputs` [N]: the token at each
-    position; `first` [N] bool: the position starts a text; `carry` [K]: the context before the
-    first position (its text began earlier), else empty."""
+    """Teacher-forced positions: the held clusters at each position [N, K] bool, those of the
+    tokens its text holds so far (its own input token included; a step's context adds the next
+    clusters of that token: `with_next(held, inputs, successors)`). `inputs` [N]: the token at each
+    position; `first` [N] bool: the position starts a text; `carry` [K]: the held clusters before
+    the first position (its text began earlier), else empty."""
     n = inputs.shape[0]
     hit = torch.zeros(n, num_clusters, dtype=torch.int32)
     hit[torch.arange(n), assignments[inputs].cpu()] = 1

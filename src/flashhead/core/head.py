@@ -23,7 +23,7 @@ import torch
 
 from .. import kernels
 from .config import FlashHeadError
-from .context import default_for
+from .context import default_for, next_count
 from .dense_rule import DenseRule
 from .index import ClusterIndex, check_fingerprint as _check
 from ..kernels import Kernel
@@ -69,6 +69,10 @@ class FlashHead(torch.nn.Module):
         self.weight = weight  # the model's tensor, shared (not registered: the model owns it)
         self.config = index.config
         self.build = index.build          # the build record (calibration, held-out agreement, ...)
+        # [V, m] each token's next clusters as the build stored them (build/successors.py); a step
+        # uses the first `next_clusters` of them (the `successors` property). Moves with the module.
+        self.register_buffer("next_table", index.successors, persistent=False)
+        self.next_clusters = None         # None: next_count's rule from E
         self.vocab, self.hidden = rows.shape
         self.cluster_size = index.config.cluster_size
         self.num_clusters = index.num_clusters
@@ -144,6 +148,21 @@ class FlashHead(torch.nn.Module):
             raise FlashHeadError(f"context_probes must be an integer in [0, {self.num_clusters}], got {e!r}")
         self.step.context_probes = e
         self._context_follows = False
+
+    @property
+    def successors(self) -> torch.Tensor | None:
+        """[V, n] the next clusters a step's context adds for the token it has just read (context.py
+        `with_next`): the first n of the build's, n = `next_clusters` if set, else next_count's share
+        of E; None where the build has none or n is 0. Set to None to run without them."""
+        if self.next_table is None:
+            return None
+        n = next_count(self.context_probes, self.next_table.shape[1]) if self.next_clusters is None \
+            else min(self.next_clusters, self.next_table.shape[1])
+        return self.next_table[:, :n] if n > 0 else None
+
+    @successors.setter
+    def successors(self, table: torch.Tensor | None) -> None:
+        self.next_table = table
 
     @property
     def stats(self) -> dict:

@@ -3,7 +3,8 @@
 Files (inside a model directory's `flash_head_assets/`):
     clustering_cache.safetensors   centroids [d, K] (leading singleton dims accepted on read),
                                    cluster_assignments [V], and optionally token_offsets [V]
-                                   (estimate.py; zeros when absent)
+                                   (estimate.py; zeros when absent) and next_clusters [V, m]
+                                   int32 (build/successors.py; the context's clusters per token)
     flashhead.json                 {"format_version", "library_version", "config": FlashHeadConfig,
                                     "fingerprint": {...}, "build": {...}}
 
@@ -87,6 +88,7 @@ class ClusterIndex:
     fingerprint: dict | None     # None: published layout without flashhead.json (nothing to check)
     build: dict = dataclasses.field(default_factory=dict)
     offsets: torch.Tensor | None = None   # [V] float32 (estimate.py); None: zeros
+    successors: torch.Tensor | None = None   # [V, m] int64 next clusters (build/successors.py); None: none
 
     def __post_init__(self):
         if self.offsets is None:
@@ -147,6 +149,11 @@ class ClusterIndex:
             raise FlashHeadError(f"{where}: token_offsets must have shape [{v}], got {list(self.offsets.shape)}")
         if not torch.isfinite(self.offsets).all():
             raise FlashHeadError(f"{where}: token_offsets contain NaN or infinite values")
+        n = self.successors
+        if n is not None and (n.dim() != 2 or n.shape[0] != v or not n.shape[1]
+                              or int(n.min()) < 0 or int(n.max()) >= k):
+            raise FlashHeadError(f"{where}: next_clusters must be [{v}, m] cluster ids in [0, {k}), got "
+                                 f"shape {list(n.shape)}")
 
     # ---- disk -------------------------------------------------------------------------------
 
@@ -163,7 +170,8 @@ class ClusterIndex:
         tensors = tensors or {"centroids": self.centroids.T.contiguous().float(),
                               "cluster_assignments": self.assignments.long().contiguous()}
         tmp = out / f".{TENSORS_FILE}.tmp"
-        save_file({**tensors, "token_offsets": self.offsets.float().contiguous()}, str(tmp))
+        extra = {} if self.successors is None else {"next_clusters": self.successors.to(torch.int32).contiguous()}
+        save_file({**tensors, "token_offsets": self.offsets.float().contiguous(), **extra}, str(tmp))
         os.replace(tmp, out / TENSORS_FILE)
         meta = {"format_version": FORMAT_VERSION, "library_version": __version__,
                 "config": self.config.to_dict(), "fingerprint": self.fingerprint, "build": self.build}
@@ -207,9 +215,10 @@ class ClusterIndex:
                                  f"newer flashhead ({meta.get('library_version')}); this one reads up to "
                                  f"{FORMAT_VERSION}: pip install -U flashhead")
         config = FlashHeadConfig.from_dict(meta["config"])
-        offsets = tensors.get("token_offsets")
+        offsets, nxt = tensors.get("token_offsets"), tensors.get("next_clusters")
         index = cls(config, tensors["cluster_assignments"].reshape(-1).long(), _centroids(tensors),
-                    meta["fingerprint"], meta.get("build", {}), None if offsets is None else offsets.float())
+                    meta["fingerprint"], meta.get("build", {}), None if offsets is None else offsets.float(),
+                    None if nxt is None else nxt.long())
         index.validate(str(assets_dir))
         return index
 

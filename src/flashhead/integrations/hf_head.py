@@ -9,6 +9,7 @@ import logging
 import torch
 
 from ..core.config import FlashHeadError
+from ..core.context import with_next
 from ..core.dense_rule import DenseRule
 from ..core.head import FlashHead
 from ..core.index import ClusterIndex
@@ -34,6 +35,7 @@ class FlashHeadLMHead(torch.nn.Module):
         self._held = None       # [B, K] bool: each row's context after the last call (context.py)
         self._calls = None      # [B, K] int32: where the current call's contexts gain each cluster
         self._length = 0        # the current call's positions T
+        self._ids = None        # [B, T] the current call's token ids (their next clusters, context.py)
 
     def _build(self) -> None:
         self.flashhead = FlashHead(self.weight.detach(), self._index, self._probes,  # detach(): shares storage
@@ -67,7 +69,9 @@ class FlashHeadLMHead(torch.nn.Module):
             # the contexts of the positions asked for (generate asks for the last one only)
             at = torch.arange(self._length - hidden.shape[1], self._length, device=first.device)
             ctx = first.unsqueeze(1) <= at.view(1, -1, 1)                   # [B, T', K]
-            return self.flashhead(hidden, ctx.reshape(-1, first.shape[-1]))
+            ctx = with_next(ctx.reshape(-1, first.shape[-1]), self._ids[:, -hidden.shape[1]:],
+                            self.flashhead.successors)
+            return self.flashhead(hidden, ctx)
         return self.flashhead(hidden)
 
     def see(self, input_ids: torch.Tensor | None, start: bool) -> None:
@@ -78,11 +82,11 @@ class FlashHeadLMHead(torch.nn.Module):
         shape: no context for the call."""
         fh = self.flashhead
         if not fh.context_probes or input_ids is None or input_ids.dim() != 2:
-            self._held = self._calls = None
+            self._held = self._calls = self._ids = None
             return
         b, t = input_ids.shape
         if not start and (self._held is None or self._held.shape[0] != b):
-            self._held = self._calls = None            # a batch it did not see start (beams, reorder)
+            self._held = self._calls = self._ids = None   # a batch it did not see start (beams, reorder)
             return
         # first[b, k]: the first position of the call holding a token of cluster k (-1: held before)
         first = torch.full((b, fh.num_clusters), t, dtype=torch.int32, device=input_ids.device)
@@ -90,7 +94,7 @@ class FlashHeadLMHead(torch.nn.Module):
         first.scatter_reduce_(1, fh.assignments[input_ids], at, reduce="amin")
         if not start:
             first.masked_fill_(self._held, -1)
-        self._calls, self._length, self._held = first, t, first < t
+        self._calls, self._length, self._held, self._ids = first, t, first < t, input_ids
 
 
 def apply(model, index: ClusterIndex, probes: int | None = None, arrange: bool | None = None) -> FlashHeadLMHead:

@@ -293,6 +293,7 @@ def bench(model_dir, batches=(1, 4, 16, 64), device: str = "cpu", dtype: str = "
             out = {"backend": "llamacpp", "model_dir": str(model_dir), "gguf": str(model.backend.path),
                    "llama_cpp_python": llama_cpp.__version__, "probes": head.probes,
                    "context_probes": head.context_probes,
+                   "next_clusters": 0 if head.successors is None else head.successors.shape[1],
                    "clusters": head.num_clusters, "vocab": model.backend.vocab, "hidden": model.backend.hidden,
                    "head_form": "Q8_0 (in the GGUF file)" if mem["head_bytes_in_gguf"] else "fp32 copy",
                    "prompt": prompt, "prompt_tokens": len(model.backend.tokenize(prompt)),

@@ -79,6 +79,7 @@ class Seq:
     finish: str | None = None     # "stop" (an end token), "length" (max_new_tokens), "cancelled"
     pos: int = 0                  # positions in the backend's cache
     feed: int | None = None       # the next token to feed (not in the cache yet)
+    read: int | None = None       # the token the body read last (its next clusters join the context)
     h: torch.Tensor | None = None  # a hidden state not yet proposed from (exact)
     draft: DraftLength | None = None
     k: int = 0                    # this round's proposals (exact)
@@ -114,7 +115,8 @@ class Engine:
         self.backend, self.head, self.most_draft, self.audit = backend, head, draft, audit
         self.dense = head is None
         # context-aware probes: each sequence's clusters, passed with its hidden state (context.py)
-        self._context = None if self.dense or not head.context_probes else Context(head.assignments, head.num_clusters)
+        self._context = None if self.dense or not head.context_probes else \
+            Context(head.assignments, head.num_clusters, head.successors)
         self.seqs: list[Seq] = []            # live, in the order they joined
         self._new: list[Seq] = []            # added, not prefilled yet
         self._free = list(range(backend.max_sequences))
@@ -190,6 +192,7 @@ class Engine:
                                        for s in fresh for p, t in enumerate(s.request.ids)], self.dense)
             for s, o in zip(fresh, out):
                 s.pos = len(s.request.ids)
+                s.read = s.request.ids[-1]
                 if s.draft is not None:
                     s.h = o.clone()
             self._pick([s for s in fresh if s.draft is None], out[[i for i, s in enumerate(fresh) if s.draft is None]])
@@ -205,6 +208,7 @@ class Engine:
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(body))
             for i, s in enumerate(body):
                 s.pos += 1
+                s.read = s.feed
                 if s.draft is not None:
                     s.h = out[i].clone()
             fast = [i for i, s in enumerate(body) if s.draft is None]
@@ -256,8 +260,11 @@ class Engine:
         self.stats["dense_tokens" if self.dense else "flash_tokens"] += len(seqs)
 
     def _ctx(self, seqs: list[Seq], rows: list[int]) -> torch.Tensor | None:
-        """The contexts [len(rows), K] of seqs[rows] (None: context-aware probes off)."""
-        return None if self._context is None else torch.stack([seqs[i].ctx for i in rows])
+        """The contexts [len(rows), K] of seqs[rows]: their clusters and the next clusters of the
+        token each read last (None: context-aware probes off)."""
+        if self._context is None:
+            return None
+        return self._context.step(torch.stack([seqs[i].ctx for i in rows]), [seqs[i].read for i in rows])
 
     def _audit(self, seqs: list[Seq], h: torch.Tensor, top1: list[int]) -> None:
         """The dense head's top-1 for the sequences due an audit, against FlashHead's."""

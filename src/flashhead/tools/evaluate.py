@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..core import metrics
 from ..core.config import FlashHeadError
-from ..core.context import running
+from ..core.context import running, with_next
 from ..core.head import FlashHead
 from ..build.fit import dense_top1_rank, smallest_probes
 from ..data.hidden import positions, teacher_forced
@@ -51,9 +51,10 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
             h, t = H[s:s + chunk], targets[s:s + chunk]
             ctx = None
             if use_context:
-                ctx = running(head.assignments, head.num_clusters, inputs[0][s:s + chunk],
-                              inputs[1][s:s + chunk], carry).to(h.device)
-                carry = ctx[-1]
+                held = running(head.assignments, head.num_clusters, inputs[0][s:s + chunk],
+                               inputs[1][s:s + chunk], carry)
+                carry = held[-1]
+                ctx = with_next(held, inputs[0][s:s + chunk], head.successors).to(h.device)
             dense = w.dense(h.float())                                    # [n, V]
             dense_nll += float(metrics.nll(dense, t).sum())
             for p in probes:
@@ -81,7 +82,9 @@ def evaluate_hidden(head: FlashHead, weight: torch.Tensor, H: torch.Tensor, targ
         extra = {} if not stops.numel() else {
             "stop_positions": int(acc["stop_n"]), "false_stops": acc["false_stop"] / n,
             "stop_match": acc["stop_hit"] / acc["stop_n"] if acc["stop_n"] else None}
-        rows.append({"probes": p, "context_probes": head.context_probes if use_context else 0, **extra,
+        rows.append({"probes": p, "context_probes": head.context_probes if use_context else 0,
+                     "next_clusters": 0 if not use_context or head.successors is None else head.successors.shape[1],
+                     **extra,
                      "top1_agreement": acc["agree"] / n, "containment": acc["contain1"] / n,
                      "containment_top5": acc["contain5"] / n, "tv_distance": acc["tv1"] / n,
                      "ppl_dense": math.exp(dense_nll / n),

@@ -13,8 +13,8 @@ head has run: the class subclasses V2's interface too, so that runner loads it, 
 nothing (the head runs stage 1 alone, logged once by the layer).
 
     contexts = RequestContexts.for_config(vllm_config)   # the layer's lookup (None: no contexts)
-    contexts.bind(head.assignments, head.num_clusters)
-    masks = contexts.masks(n)                            # [n, K] bool, or None
+    contexts.bind(head.assignments, head.num_clusters, head.successors)
+    masks = contexts.masks(n)       # [n, K] bool (with the next clusters of each row's last token), or None
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ try:   # Model Runner V2's interface: present in vLLM 0.32
 except ImportError:   # pragma: no cover - a vLLM without the V2 runner
     V2LogitsProcessor = object
 
+from ...core.context import with_next
+
 # the instances in this process, newest last (weak: an engine shut down takes its own with it)
 _LIVE: list[weakref.ref] = []
 
@@ -41,6 +43,7 @@ class RequestContexts(V1LogitsProcessor, V2LogitsProcessor):
         self.rows: list[list | None] = [None] * self.capacity   # [prompt ids, output list, tokens seen]
         self.size = 0
         self.assignments = None
+        self.successors = None
         self.table = None
         _LIVE.append(weakref.ref(self))
 
@@ -53,9 +56,11 @@ class RequestContexts(V1LogitsProcessor, V2LogitsProcessor):
                 return c
         return None
 
-    def bind(self, assignments: torch.Tensor, num_clusters: int) -> None:
-        """The head's token -> cluster table; the requests already in the batch are taken in."""
+    def bind(self, assignments: torch.Tensor, num_clusters: int, successors: torch.Tensor | None = None) -> None:
+        """The head's token -> cluster table (and next clusters per token, context.py); the requests
+        already in the batch are taken in."""
         self.assignments = assignments.to(torch.int64)
+        self.successors = successors
         self.table = torch.zeros(self.capacity, num_clusters, dtype=torch.bool)
         for r in self.rows:
             if r is not None:
@@ -120,4 +125,13 @@ class RequestContexts(V1LogitsProcessor, V2LogitsProcessor):
                 row[2] = seen + len(new)
         if ids:
             self.table[torch.tensor(where), self.assignments[torch.tensor(ids)]] = True
-        return self.table[:n]
+        if self.successors is None:
+            return self.table[:n]
+        # the token each row's model read last: its latest known output, else its prompt's last
+        # (a placeholder -1 under async scheduling: its next clusters are not known, none are added)
+        last = [(r[1][-1] if r[1] else (r[0][-1] if r[0] else -1)) for r in self.rows[:n]]
+        known = [i for i, t in enumerate(last) if t >= 0]
+        out = self.table[:n].clone()
+        if known:
+            out[known] = with_next(out[known], [last[i] for i in known], self.successors)
+        return out

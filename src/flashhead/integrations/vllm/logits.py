@@ -180,7 +180,8 @@ class FlashHeadLogitsProcessor(LogitsProcessor):
                         "runner, flashhead's vllm.logits_processors entry point, and no speculative "
                         "decoding): stage 1 alone picks the %d probes", head.probes)
         else:
-            self._contexts.bind(self._index.assignments, head.num_clusters)   # every token (a shard holds its own)
+            self._contexts.bind(self._index.assignments, head.num_clusters,   # every token (a shard holds its own)
+                                head.successors)                  # the first n of the build's (head.py)
 
     def _context(self, hidden_states) -> torch.Tensor | None:
         """This call's [N, K] context masks, one row per request; None where the call's rows are
