@@ -10,8 +10,8 @@ $FLASHHEAD_CACHE/left-out/MODEL/without-X, then scored on X's eval documents (te
 `--max-positions` positions) with the context probes off (E = 0) and at the default budget E, on
 the same positions (a document's own prefix is its context, as in `flashhead eval`). Rows of
 domains not run this time are kept in the JSON. `--next-clusters`: the same builds with each
-token's next clusters added (`flashhead upgrade DIR --next-clusters`, in without-X-next); the
-table of both: `python benchmarks/languages.py --next PLAIN.json NEXT.json --into docs/FIDELITY.md`.
+token's next clusters added (`flashhead upgrade DIR --next-clusters`, in without-X-next; scored
+at the head's own count per step, and at others by experiments/next_count.py).
 """
 from __future__ import annotations
 

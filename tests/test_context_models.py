@@ -18,9 +18,8 @@ PROMPTS = ["Water boils at a temperature of", "The capital of France is Paris. T
 
 
 @pytest.fixture(scope="module", params=["plain", "next"])
-def loaded(request):
-    model, tok = hf.load(request.getfixturevalue("smollm2_flashhead_dir" if request.param == "plain"
-                                                 else "smollm2_next_dir"))
+def loaded(request, smollm2_flashhead_dir, smollm2_next_dir):   # named here: conftest marks by fixture name
+    model, tok = hf.load(smollm2_flashhead_dir if request.param == "plain" else smollm2_next_dir)
     model.lm_head.flashhead.context_probes = 48        # a budget that changes the probes
     assert (model.lm_head.flashhead.successors is None) == (request.param == "plain")
     return model, tok

@@ -26,6 +26,7 @@ from .fit import TARGET_AGREEMENT, dense_top1_rank, fit_index
 from ..core.index import ASSETS_DIR, JSON_FILE, TENSORS_FILE, fingerprint
 from ..core.layout import (CACHE_KEY, assets_dir, base_architecture, load_assets, mark_config, read_config, read_head_weight)
 from .sources import resolve
+from .successors import cached_next_tokens, clusters_of
 from ..core.estimate import fit_offsets
 from ..core.head import FlashHead
 from ..data import corpus, hidden
@@ -209,7 +210,6 @@ def add_next_clusters(model_dir, progress: bool = True, device: str | None = Non
     (the tensors file replaced atomically; the clusters, probes and offsets kept). The seconds it
     took go into the build record."""
     from ..integrations import hf
-    from .successors import cached_next_tokens, clusters_of
 
     model_dir = Path(model_dir)
     if not (assets_dir(model_dir) / JSON_FILE).is_file():

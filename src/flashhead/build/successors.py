@@ -24,7 +24,15 @@ clusters.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
+
+from ..core.cache import cache_root
+from ..core.index import fingerprint
 
 NEXT_CLUSTERS = 32   # stored per token (Gemma-3-270M still gains at 32, E = 192: docs/FIDELITY.md)
 NEXT_TOKENS = 128    # the dense head's best tokens kept per state; their clusters, in order, are the next clusters
@@ -97,15 +105,6 @@ def cached_next_tokens(model_dir, model, tokenizer, progress: bool = True) -> to
     """next_tokens for the model in `model_dir`, made once and kept in the cache
     ($FLASHHEAD_CACHE/next-tokens/, keyed by the head's fingerprint and the weight files' sizes):
     builds of one model (left-out builds, a rebuild at other probes) share it."""
-    import hashlib
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file, save_file
-
-    from ..core.cache import cache_root
-    from ..core.index import fingerprint
-
     weight = model.get_output_embeddings().weight.detach().float()
     files = sorted((p.name, p.stat().st_size) for p in Path(model_dir).glob("*.safetensors"))
     key = hashlib.sha256(json.dumps([fingerprint(weight), files, NEXT_TOKENS]).encode()).hexdigest()[:20]
