@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -40,10 +41,10 @@ def main() -> None:
     head = lm.lm_head.flashhead
     data = {g: teacher_forced(lm, tok, languages.texts(g), a.max_positions, 512, inputs=True) for g in a.langs}
     xs = torch.unique(torch.cat([d[2] for d in data.values()]))
-    t0 = __import__("time").perf_counter()
+    t0 = time.perf_counter()
     table = torch.zeros(head.vocab, max(a.counts), dtype=torch.int64)   # rows of tokens not in the texts: never read
     table[xs] = clusters_of(next_tokens(lm, tok, ids=xs), head.assignments, max(a.counts))
-    seconds = __import__("time").perf_counter() - t0
+    seconds = time.perf_counter() - t0
     print(f"next clusters of {xs.numel()} tokens: {seconds:.0f} s", flush=True)
     head.successors = table
     res = {}
