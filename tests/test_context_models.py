@@ -106,6 +106,35 @@ def test_transformers_generate_equals_the_engine(loaded):
     assert ours == engine
 
 
+def test_an_engine_follows_the_heads_budget_set_after_it_was_made(loaded):
+    """The engine reads the context budget (and with it the next clusters) from the head at every
+    step: an engine made with the context off decodes, once the budget is raised, what an engine
+    made at that budget decodes (and not what it decoded with the context off)."""
+    from flashhead.backends.transformers import TransformersBackend
+    from flashhead.tools.engine import Engine, Request
+
+    model, tok = loaded
+    head = model.lm_head.flashhead
+    backend = TransformersBackend(model, tok, max_sequences=1)
+
+    def run(engine):
+        s = engine.add(Request(backend.tokenize(PROMPTS[1]), max_new_tokens=12, ignore_end=True))
+        while engine.busy:
+            engine.step()
+        return s.new
+
+    saved = head.context_probes
+    try:
+        with head.flashhead_only(probes=8):                   # few probes: the context decides them
+            head.context_probes = 0
+            made_off = Engine(backend, head)
+            off = run(made_off)
+            head.context_probes = 8                           # every probe to the context: other tokens
+            assert run(made_off) == run(Engine(backend, head)) != off
+    finally:
+        head.context_probes = saved
+
+
 def test_llamacpp_slots_pass_to_new_sequences_with_fresh_contexts(smollm2_flashhead_dir):
     """Six prompts through two slots (the engine admits one as another ends, as the server does):
     every sequence's tokens are those it decodes alone, so no context leaks from the sequence that

@@ -7,7 +7,7 @@ token is decided by the token itself (the rest of a word, a syllable, a script):
 stage 1, on the real state, ranks it in the thousands. So the build stores, per token x, the
 clusters of the dense head's best tokens at that state (in the order of their best member, the
 first NEXT_CLUSTERS of them), and at each step the clusters of the token a sequence has just read
-join its context for that step (context.py `Context.step`): they compete for the same E context
+join its context for that step (context.py `with_next`): they compete for the same E context
 probes, the bytes of a step are unchanged.
 
 Measured (docs/FIDELITY.md, "Next clusters"; experiments/next_clusters.py and next_count.py):

@@ -11,10 +11,10 @@ A build may also store each token's next clusters (build/successors.py: where th
 token lies after that token alone); then a step's context is the sequence's clusters and the next
 clusters of the token it has just read (`step`), for that step only.
 
-    ctx = Context(head.assignments, head.num_clusters, head.successors)
+    ctx = Context(head.assignments, head.num_clusters)
     mask = ctx.of(prompt_ids)             # [K] bool, one sequence
     ctx.add(mask, new_ids)                # as tokens arrive
-    masks = ctx.step(torch.stack(held), last_ids)   # [N, K]: a step's contexts, with next clusters
+    masks = with_next(torch.stack(held), last_ids, head.successors)   # [N, K]: a step's contexts
     held = running(head.assignments, K, inputs, first)   # [N, K]: teacher-forced, position by position
     masks = with_next(held, inputs, head.successors)
 """
@@ -44,16 +44,10 @@ def next_count(context_probes: int, stored: int) -> int:
 
 
 class Context:
-    """Makes and updates the per-sequence masks of one head (its token -> cluster table, and its
-    next clusters per token if the build has them)."""
+    """Makes and updates the per-sequence masks of one head (its token -> cluster table)."""
 
-    def __init__(self, assignments: torch.Tensor, num_clusters: int, successors: torch.Tensor | None = None):
-        self.assignments, self.num_clusters, self.successors = assignments, num_clusters, successors
-
-    def step(self, masks: torch.Tensor, last) -> torch.Tensor:
-        """A step's contexts: `masks` [N, K] the sequences' held clusters, `last` [N] the token each
-        has just read -> [N, K] with the next clusters of `last` set (a new tensor; `masks` kept)."""
-        return with_next(masks, last, self.successors)
+    def __init__(self, assignments: torch.Tensor, num_clusters: int):
+        self.assignments, self.num_clusters = assignments, num_clusters
 
     def of(self, ids) -> torch.Tensor:
         """The [K] bool mask of the clusters of token ids `ids`."""

@@ -41,7 +41,7 @@ import torch
 
 from ..backends import Entry
 from ..core.config import FlashHeadError
-from ..core.context import Context
+from ..core.context import Context, with_next
 from ..core.sampling import Sampler, check
 from .speculative import DraftLength, accept_greedy, accept_sampled
 
@@ -114,9 +114,9 @@ class Engine:
             raise FlashHeadError("need draft >= 1 and audit >= 0")
         self.backend, self.head, self.most_draft, self.audit = backend, head, draft, audit
         self.dense = head is None
-        # context-aware probes: each sequence's clusters, passed with its hidden state (context.py)
-        self._context = None if self.dense or not head.context_probes else \
-            Context(head.assignments, head.num_clusters, head.successors)
+        # context-aware probes: each sequence's clusters, passed with its hidden state (context.py);
+        # kept whatever the budget, which (with the next clusters) is read from the head at each step
+        self._context = None if self.dense else Context(head.assignments, head.num_clusters)
         self.seqs: list[Seq] = []            # live, in the order they joined
         self._new: list[Seq] = []            # added, not prefilled yet
         self._free = list(range(backend.max_sequences))
@@ -262,9 +262,9 @@ class Engine:
     def _ctx(self, seqs: list[Seq], rows: list[int]) -> torch.Tensor | None:
         """The contexts [len(rows), K] of seqs[rows]: their clusters and the next clusters of the
         token each read last (None: context-aware probes off)."""
-        if self._context is None:
+        if self._context is None or not self.head.context_probes:
             return None
-        return self._context.step(torch.stack([seqs[i].ctx for i in rows]), [seqs[i].read for i in rows])
+        return with_next(torch.stack([seqs[i].ctx for i in rows]), [seqs[i].read for i in rows], self.head.successors)
 
     def _audit(self, seqs: list[Seq], h: torch.Tensor, top1: list[int]) -> None:
         """The dense head's top-1 for the sequences due an audit, against FlashHead's."""
