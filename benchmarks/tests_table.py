@@ -37,8 +37,8 @@ def render(log: str, host: str, seconds: float | None) -> str:
     out += [f"| {float(s):.1f} | {phase} | `{test}` |" for s, phase, test in rows]
     out += ["", "A `setup` row is a fixture built once and shared (a SmolLM2 FlashHead directory, a vLLM "
             "engine, a built benchmark directory): its cost falls on the first test that asks for it. With "
-            "flashhead's cache cold, SmolLM2's next-token table (`smollm2_next_dir`) adds about 4.5 minutes "
-            "on the 2-core AVX2 host (49,152 one-token steps, fp32).", ""]
+            "flashhead's cache cold, SmolLM2's next-token table (`smollm2_next_dir`) adds about 4 minutes "
+            "on the 2-core AVX2 host (252 s: docs/FIDELITY.md, \"Next clusters\").", ""]
     return "\n".join(out)
 
 

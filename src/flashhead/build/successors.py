@@ -18,7 +18,9 @@ E = 36, loses where 32 crowd out the held clusters: a step uses E / 6 of them
 Cost: one body step (after a shared [BOS]) and one dense head product per vocabulary token,
 batched; bf16 where the CPU has it (AVX-512 BF16), else fp32. On a 2-core AVX2 host in fp32,
 sharing the cores with another job: 5,612 of Gemma-3-270M's 262,144 tokens in 185 s (the whole
-vocabulary: hours; an opt-in for that reason), SmolLM2-135M's 49,152 in 16 minutes. The best
+vocabulary: hours; an opt-in for that reason), SmolLM2-135M's 49,152 in 16 minutes (252 s with
+the cores to itself: `FLASHHEAD_CACHE=$(mktemp -d) flashhead upgrade DIR --next-clusters --json`,
+the build record's next_clusters.seconds). The best
 tokens are kept in the cache, so other builds of the same model only map them to their own
 clusters.
 """

@@ -9,7 +9,7 @@ to the context's best-scored clusters (kernels/step.py `rank`): the same bytes p
 
 A build may also store each token's next clusters (build/successors.py: where the model's next
 token lies after that token alone); then a step's context is the sequence's clusters and the next
-clusters of the token it has just read (`step`), for that step only.
+clusters of the token it has just read (`with_next`), for that step only.
 
     ctx = Context(head.assignments, head.num_clusters)
     mask = ctx.of(prompt_ids)             # [K] bool, one sequence
